@@ -1,0 +1,1 @@
+"""caption: batch-caption images with a vLLM server."""

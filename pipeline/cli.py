@@ -1,0 +1,149 @@
+"""Command line: ``caption run``, ``caption sim``, ``caption demo`` (= ``python -m pipeline``).
+
+Exit codes: 0 no item failed in this run (invalid inputs do not count), 1 some items failed
+permanently, 2 usage or configuration error, 75 (EX_TEMPFAIL) the output is in use by
+another run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from .client import resolve_api_key
+from .config import Job, Overrides, load_job
+from .errors import ConfigError, OutputBusyError, OutputError
+from .preflight import preflight
+from .progress import format_summary
+from .runner import Runner, RunResult
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
+log = logging.getLogger("pipeline")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("job", nargs="?", type=Path, help="TOML job file (optional: flags suffice)")
+    g = p.add_argument_group("endpoint")
+    g.add_argument(
+        "--endpoint", metavar="URL", help="OpenAI base URL, e.g. http://127.0.0.1:8102/v1"
+    )
+    g.add_argument("--model", metavar="NAME", help="served model name, e.g. gemma3-27b")
+    g.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key")
+    g.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for one answer")
+    g = p.add_argument_group("input and output")
+    g.add_argument("--input", metavar="DIR", help="folder of images (walked recursively)")
+    g.add_argument("--output", metavar="DIR", help="Parquet dataset folder (created)")
+    g.add_argument("--max-side", type=int, metavar="PX", help="longest image side sent (896)")
+    g = p.add_argument_group("prompt (replaces the job's prompts / overrides their settings)")
+    g.add_argument("--prompt-file", metavar="FILE", help="prompt text from a file")
+    g.add_argument("--prompt", metavar="TEXT", help="prompt text")
+    g.add_argument("--system", metavar="TEXT", help="system message ('' for none)")
+    g.add_argument("--max-tokens", type=int, metavar="N")
+    g.add_argument("--temperature", type=float, metavar="X")
+    g.add_argument("--top-p", type=float, metavar="X")
+    g = p.add_argument_group("run")
+    g.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (32)")
+    g.add_argument("--retries", type=int, metavar="N", help="retries per item after the first (5)")
+    g.add_argument("--flush-interval", type=float, metavar="S", help="seconds between part files")
+    g.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="caption", description="Batch-caption images with a vLLM server.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="caption a folder (reruns do only what is not done yet)")
+    _add_run_flags(run)
+    from .sim import add_arguments
+
+    sim = sub.add_parser("sim", help="start the built-in vLLM simulator")
+    add_arguments(sim)
+    demo = sub.add_parser("demo", help="caption data/ against the built-in simulator")
+    demo.add_argument("--job", type=Path, default=Path("jobs/demo.toml"))
+    demo.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def overrides_from(args: argparse.Namespace) -> Overrides:
+    return Overrides(
+        endpoint=args.endpoint,
+        model=args.model,
+        api_key_env=args.api_key_env,
+        timeout=args.timeout,
+        input=args.input,
+        output=args.output,
+        prompt_file=args.prompt_file,
+        prompt=args.prompt,
+        system=args.system,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        concurrency=args.concurrency,
+        max_side=args.max_side,
+        retries=args.retries,
+        flush_interval=args.flush_interval,
+        no_progress=args.no_progress,
+    )
+
+
+async def execute(job: Job) -> RunResult:
+    """Preflight, then the run."""
+    api_key = resolve_api_key(job.endpoint)
+    info = await preflight(job, api_key)
+    log.info(
+        "endpoint %s serves %s (max_model_len %s); input %s; output %s",
+        job.endpoint.url, job.endpoint.model, info.max_model_len, job.input.root, job.run.output,
+    )  # fmt: skip
+    return await Runner(job, api_key=api_key).run()
+
+
+def run_job(job: Job) -> int:
+    """Run ``job``, print the summary, return the exit code."""
+    with logging_redirect_tqdm():
+        result = anyio.run(execute, job)
+    print(format_summary(result.tally, result.wall_s, str(result.output), job.run.concurrency))
+    return result.exit_code
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # never log request lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "verbose", False))
+    try:
+        if args.command == "sim":
+            from .sim import run_from_args
+
+            return run_from_args(args)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(args.job, no_progress=args.no_progress)
+        job = load_job(args.job, overrides_from(args))
+        return run_job(job)
+    except OutputBusyError as exc:
+        print(f"caption: {exc}", file=sys.stderr)
+        return EXIT_TEMPFAIL
+    except (ConfigError, OutputError) as exc:
+        print(f"caption: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE

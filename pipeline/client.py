@@ -1,0 +1,165 @@
+"""The HTTP client: one chat-completion request body -> ``Completion`` or a classified error.
+
+One attempt per call; the runner owns retries. Requests go through a small set of
+``httpx.AsyncClient`` shards with small connection pools, picked round-robin. Measured on this
+project's 2-core machine: one client with one large pool falls from 482 req/s at 16 concurrent
+requests to 196 req/s at 256 (its pool bookkeeping grows with the pool), while pools of a few
+connections each hold about 1,100 req/s at any concurrency.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .config import DEFAULT_API_KEY_ENVS, EndpointConfig
+from .errors import ConfigError, PermanentError, RetryableError
+from .retry import is_retryable_status, parse_retry_after
+
+CONNECTIONS_PER_SHARD = 8
+MAX_ANSWER_BYTES = 4 * 1024 * 1024  # a caption is text; anything bigger is not an answer
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    caption: str
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    model: str | None
+    status: int
+
+
+def resolve_api_key(endpoint: EndpointConfig) -> str | None:
+    """The API key from the environment: the named variable, else VLLM_API_KEY/OPENAI_API_KEY."""
+    if endpoint.api_key_env:
+        value = os.environ.get(endpoint.api_key_env)
+        if not value:
+            raise ConfigError(
+                f"api_key_env is {endpoint.api_key_env!r} but that environment variable is "
+                "not set (or empty); export it, or remove api_key_env for a server without a key"
+            )
+        return value
+    for name in DEFAULT_API_KEY_ENVS:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def server_message(response: httpx.Response) -> str:
+    """The ``error.message`` of an OpenAI/vLLM error body, else the start of the body text."""
+    try:
+        data = response.json()
+        message = data["error"]["message"]
+        if isinstance(message, str):
+            return message
+    except (ValueError, KeyError, TypeError):
+        pass
+    text = response.text.strip()
+    return text[:500] if text else response.reason_phrase
+
+
+def parse_completion(response: httpx.Response) -> Completion:
+    """Read a 200 answer; a malformed one (bad JSON, no choices, no text) is retryable."""
+    if len(response.content) > MAX_ANSWER_BYTES:
+        raise RetryableError(f"answer too large ({len(response.content):,} bytes)", status=200)
+    try:
+        data = json.loads(response.content)
+    except ValueError:
+        raise RetryableError("malformed answer: body is not valid JSON", status=200) from None
+    if not isinstance(data, dict):
+        raise RetryableError("malformed answer: JSON is not an object", status=200)
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise RetryableError("malformed answer: no choices", status=200)
+    first = choices[0] if isinstance(choices[0], dict) else {}
+    message = first.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        raise RetryableError("malformed answer: choices[0].message.content is missing", status=200)
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    assert isinstance(usage, dict)
+
+    def count(name: str) -> int | None:
+        value = usage.get(name)
+        return value if isinstance(value, int) else None
+
+    reason = first.get("finish_reason")
+    model = data.get("model")
+    return Completion(
+        caption=content,
+        finish_reason=reason if isinstance(reason, str) else None,
+        prompt_tokens=count("prompt_tokens"),
+        completion_tokens=count("completion_tokens"),
+        model=model if isinstance(model, str) else None,
+        status=response.status_code,
+    )
+
+
+def make_timeout(endpoint: EndpointConfig) -> httpx.Timeout:
+    return httpx.Timeout(
+        connect=endpoint.connect_timeout,
+        read=endpoint.timeout,
+        write=endpoint.timeout,
+        pool=None,  # waiting for a free connection is bounded by our own concurrency
+    )
+
+
+class ChatClient:
+    """Posts chat-completion bodies to one endpoint over sharded connection pools."""
+
+    def __init__(
+        self,
+        endpoint: EndpointConfig,
+        *,
+        concurrency: int,
+        api_key: str | None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = endpoint.url + "/chat/completions"
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if api_key:
+            headers["authorization"] = f"Bearer {api_key}"
+        shards = max(1, -(-concurrency // CONNECTIONS_PER_SHARD))
+        per_shard = -(-concurrency // shards)
+        self._clients = [
+            httpx.AsyncClient(
+                headers=headers,
+                timeout=make_timeout(endpoint),
+                limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
+                transport=transport,
+                follow_redirects=False,
+            )
+            for _ in range(shards)
+        ]
+        self._next = itertools.cycle(self._clients)
+
+    async def complete(self, body: dict[str, Any]) -> Completion:
+        """Send one request; return the completion or raise Retryable/PermanentError."""
+        content = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        client = next(self._next)
+        try:
+            response = await client.post(self.url, content=content)
+        except httpx.TimeoutException as exc:
+            raise RetryableError(f"timeout: {type(exc).__name__}") from None
+        except httpx.TransportError as exc:
+            raise RetryableError(f"connection error: {type(exc).__name__}: {exc}") from None
+        if response.status_code == 200:
+            return parse_completion(response)
+        message = f"HTTP {response.status_code}: {server_message(response)}"
+        if is_retryable_status(response.status_code):
+            raise RetryableError(
+                message,
+                status=response.status_code,
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+            )
+        raise PermanentError(message, status=response.status_code)
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()

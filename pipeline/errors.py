@@ -1,0 +1,67 @@
+"""The one error tree of the pipeline.
+
+::
+
+    CaptionError                      base of everything the pipeline raises on purpose
+    ├── ConfigError                   bad job file, flag or environment; stops the run before
+    │                                 the first request (exit code 2)
+    ├── ItemError                     one item cannot be captioned; becomes a row, the run goes on
+    │   ├── InvalidImageError         the input file is not a usable image (status ``invalid``)
+    │   └── RequestError              the server did not give a usable answer
+    │       ├── RetryableError        worth another attempt (timeouts, resets, 408/429/5xx,
+    │       │                         malformed 200 answers); carries ``retry_after``
+    │       └── PermanentError        not worth another attempt (other 4xx); keeps the
+    │                                 server's message
+    └── OutputError                   the output directory cannot be used (exit code 2)
+        └── OutputBusyError           another run holds the output's lock (exit code 75)
+
+Anything else that escapes is a bug and crashes loudly.
+"""
+
+from __future__ import annotations
+
+
+class CaptionError(Exception):
+    """Base class of all deliberate pipeline errors."""
+
+
+class ConfigError(CaptionError):
+    """The job file, a flag or the environment is wrong; the message says what to fix."""
+
+
+class OutputError(CaptionError):
+    """The output directory cannot be read or written."""
+
+
+class OutputBusyError(OutputError):
+    """Another run is writing the same output folder (the cron-overlap case)."""
+
+
+class ItemError(CaptionError):
+    """One item failed; recorded as a row, the run continues."""
+
+
+class InvalidImageError(ItemError):
+    """The input file cannot be decoded as an image."""
+
+
+class RequestError(ItemError):
+    """The server did not return a usable answer for one request."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RetryableError(RequestError):
+    """A failure that another attempt may fix."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class PermanentError(RequestError):
+    """A failure that retrying will not fix (e.g. 400 with the server's message)."""

@@ -1,0 +1,74 @@
+"""Request bodies and item keys: prompt + image -> OpenAI chat body, and the resume key.
+
+The body is exactly the shape of the original one-image script: a system message (unless the
+prompt sets none), then one user message holding the prompt text and the image as a data URI;
+``model``, ``max_tokens``, ``temperature``, ``top_p``, plus the prompt's ``extra`` fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from .config import ImageConfig, PromptConfig
+
+KEY_VERSION = 1
+
+
+def build_body(model: str, prompt: PromptConfig, text: str, data_uri: str) -> dict[str, Any]:
+    """The JSON body of one ``POST /chat/completions``."""
+    messages: list[dict[str, Any]] = []
+    if prompt.system:
+        messages.append({"role": "system", "content": prompt.system})
+    messages.append(
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": text},
+                {"type": "image_url", "image_url": {"url": data_uri}},
+            ],
+        }
+    )
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": prompt.max_tokens,
+        "temperature": prompt.temperature,
+        "top_p": prompt.top_p,
+    }
+    body.update(prompt.extra)
+    return body
+
+
+def item_key(
+    *,
+    image_sha256: str,
+    relpath: str,
+    model: str,
+    prompt: PromptConfig,
+    text: str,
+    image: ImageConfig,
+) -> str:
+    """Stable id of one (image, prompt) item: same inputs and settings -> same key.
+
+    It covers the image content and its path, the rendered prompt with its system text and
+    sampling parameters, the model and the image settings. Change any of them and the item is
+    new work; change none and a rerun skips it.
+    """
+    material = {
+        "v": KEY_VERSION,
+        "image": image_sha256,
+        "path": relpath,
+        "model": model,
+        "system": prompt.system,
+        "text": text,
+        "max_tokens": prompt.max_tokens,
+        "temperature": prompt.temperature,
+        "top_p": prompt.top_p,
+        "extra": prompt.extra,
+        "max_side": image.max_side,
+        "jpeg_quality": image.jpeg_quality,
+    }
+    blob = json.dumps(material, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]

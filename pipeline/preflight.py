@@ -1,0 +1,80 @@
+"""Preflight: before any image is read, ask the server what it serves.
+
+``GET <url>/models`` must answer, list the job's model, and (on vLLM) report a
+``max_model_len`` that every prompt's ``max_tokens`` fits in. Each problem is a
+``ConfigError`` that says what to fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from .client import server_message
+from .config import Job
+from .errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    models: tuple[str, ...]
+    max_model_len: int | None
+
+
+def check_models(job: Job, status: int, payload: object, reason: str) -> ServerInfo:
+    """Pure part of the preflight: judge the ``/models`` answer against the job."""
+    url = job.endpoint.url
+    if status in (401, 403):
+        raise ConfigError(
+            f"{url}/models answered {status} ({reason}): the API key was refused; set the "
+            "key in the environment variable named by api_key_env (default VLLM_API_KEY)"
+        )
+    if status != 200 or not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        raise ConfigError(
+            f"{url}/models answered {status} ({reason}); is {url} the OpenAI base URL "
+            "of a vLLM server (it usually ends in /v1)?"
+        )
+    entries = [e for e in payload["data"] if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    models = tuple(e["id"] for e in entries)
+    model = job.endpoint.model
+    match = next((e for e in entries if e["id"] == model), None)
+    if match is None:
+        raise ConfigError(
+            f"model {model!r} is not served at {url}; it serves: {', '.join(models) or '(none)'}."
+            " Set [endpoint] model or --model to one of those names (vLLM's --served-model-name)"
+        )
+    max_len = match.get("max_model_len")
+    max_len = max_len if isinstance(max_len, int) else None
+    if max_len is not None:
+        for prompt in job.prompts:
+            if prompt.max_tokens > max_len:
+                raise ConfigError(
+                    f"prompt {prompt.name!r}: max_tokens={prompt.max_tokens} is more than the "
+                    f"server's max_model_len={max_len}; lower max_tokens (or restart vLLM "
+                    "with a larger --max-model-len)"
+                )
+    return ServerInfo(models, max_len)
+
+
+async def preflight(
+    job: Job, api_key: str | None, transport: httpx.AsyncBaseTransport | None = None
+) -> ServerInfo:
+    """Query ``/models`` and check the job against it."""
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    url = job.endpoint.url + "/models"
+    timeout = httpx.Timeout(min(job.endpoint.timeout, 30.0), connect=job.endpoint.connect_timeout)
+    async with httpx.AsyncClient(timeout=timeout, headers=headers, transport=transport) as client:
+        try:
+            response = await client.get(url)
+        except httpx.TransportError as exc:
+            raise ConfigError(
+                f"cannot reach the endpoint {job.endpoint.url} ({type(exc).__name__}: {exc}); "
+                "is the vLLM server running and is the URL right?"
+            ) from None
+    try:
+        payload: object = response.json()
+    except ValueError:
+        payload = None
+    reason = server_message(response) if response.status_code != 200 else "OK"
+    return check_models(job, response.status_code, payload, reason)

@@ -1,0 +1,128 @@
+"""Progress and the end-of-run summary: result rows -> counts, a live bar or log lines, a report.
+
+On a terminal a tqdm bar shows done/total, ok/failed/invalid and the rate; with
+``--no-progress`` or when stderr is not a terminal, a log line is written every few seconds
+instead. ``Tally`` is plain data; ``format_summary`` is a pure function.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import sys
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from .schema import STATUS_FAILED, STATUS_INVALID, STATUS_OK
+
+log = logging.getLogger("pipeline")
+LOG_EVERY_S = 5.0
+
+
+@dataclass(slots=True)
+class Tally:
+    """What this run has done so far."""
+
+    discovered: int = 0  # items found by the walk that need work in this run
+    skipped: int = 0  # items already done by an earlier run
+    images: int = 0  # image files found
+    ok: int = 0
+    failed: int = 0
+    invalid: int = 0
+    requests: int = 0  # HTTP attempts
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    walk_done: bool = False
+    latencies: array[float] = field(default_factory=lambda: array("d"))
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.failed + self.invalid
+
+    def record(self, row: dict[str, Any]) -> None:
+        status = row["status"]
+        if status == STATUS_OK:
+            self.ok += 1
+            if row.get("latency_s") is not None:
+                self.latencies.append(row["latency_s"])
+        elif status == STATUS_FAILED:
+            self.failed += 1
+        elif status == STATUS_INVALID:
+            self.invalid += 1
+        self.requests += row.get("attempts") or 0
+        self.prompt_tokens += row.get("prompt_tokens") or 0
+        self.completion_tokens += row.get("completion_tokens") or 0
+
+
+def percentile(values: array[float], q: float) -> float | None:
+    """The q-th percentile (0..100) by linear interpolation, or None for no values."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    return cuts[int(q) - 1]
+
+
+def format_summary(t: Tally, wall_s: float, output: str, concurrency: int) -> str:
+    """The report printed when a run ends."""
+    rate = t.ok / wall_s if wall_s > 0 else 0.0
+    p50, p95 = percentile(t.latencies, 50), percentile(t.latencies, 95)
+    lat = "n/a" if p50 is None or p95 is None else f"p50 {p50:.2f}s, p95 {p95:.2f}s"
+    lines = [
+        "caption run summary",
+        f"  items      {t.done} this run: {t.ok} ok, {t.failed} failed, {t.invalid} invalid"
+        f"; {t.skipped} already done (skipped); {t.images} image files",
+        f"  wall time  {wall_s:.1f}s, {rate:.2f} items/s at concurrency {concurrency}",
+        f"  latency    {lat} ({t.requests} requests sent)",
+        f"  tokens     {t.prompt_tokens:,} prompt + {t.completion_tokens:,} completion",
+        f"  output     {output}",
+    ]
+    return "\n".join(lines)
+
+
+class Reporter:
+    """Shows progress: a tqdm bar on a terminal, else a log line every few seconds."""
+
+    def __init__(self, tally: Tally, *, enabled: bool) -> None:
+        self.tally = tally
+        self.bar: tqdm[Any] | None = None
+        if enabled and sys.stderr.isatty():
+            self.bar = tqdm(total=0, unit="item", dynamic_ncols=True, file=sys.stderr)
+        self._last_log = time.monotonic()
+        self._shown = 0
+
+    def _postfix(self) -> str:
+        t = self.tally
+        return f"ok={t.ok} failed={t.failed} invalid={t.invalid} skipped={t.skipped}"
+
+    def refresh(self) -> None:
+        t = self.tally
+        if self.bar is not None:
+            if self.bar.total != t.discovered:
+                self.bar.total = t.discovered
+            self.bar.update(t.done - self._shown)
+            self._shown = t.done
+            self.bar.set_postfix_str(self._postfix(), refresh=False)
+            return
+        now = time.monotonic()
+        if now - self._last_log >= LOG_EVERY_S:
+            self._last_log = now
+            self.log_line()
+
+    def log_line(self) -> None:
+        t = self.tally
+        elapsed = time.monotonic() - t.started
+        total = f"{t.discovered}" if t.walk_done else f"{t.discovered}+"
+        rate = t.done / elapsed if elapsed > 0 else 0.0
+        log.info("progress %d/%s items, %s, %.2f items/s", t.done, total, self._postfix(), rate)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.refresh()
+            self.bar.close()

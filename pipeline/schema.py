@@ -1,0 +1,58 @@
+"""The output row: one (image, prompt) item -> one Parquet row. Pure data, no IO."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pyarrow as pa
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+STATUS_INVALID = "invalid"
+
+_UTC_US = pa.timestamp("us", tz="UTC")
+
+SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("image_path", pa.string(), nullable=False),
+        pa.field("image_sha256", pa.string()),
+        pa.field("prompt_name", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("caption", pa.string()),
+        pa.field("finish_reason", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("http_status", pa.int16()),
+        pa.field("prompt_tokens", pa.int32()),
+        pa.field("completion_tokens", pa.int32()),
+        pa.field("attempts", pa.int16(), nullable=False),
+        pa.field("queue_wait_s", pa.float64()),
+        pa.field("encode_s", pa.float64()),
+        pa.field("latency_s", pa.float64()),
+        pa.field("started_at", _UTC_US),
+        pa.field("finished_at", _UTC_US, nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("endpoint", pa.string(), nullable=False),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+    ]
+)
+COLUMNS = tuple(SCHEMA.names)
+
+
+def schema_with_job(job: dict[str, Any]) -> pa.Schema:
+    """The row schema with the resolved job (no secrets) in its metadata under ``caption.job``."""
+    return SCHEMA.with_metadata({"caption.job": json.dumps(job, ensure_ascii=False, default=str)})
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts with the schema's names; missing names are null) -> a typed Arrow table."""
+    columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    return pa.Table.from_pydict(columns, schema=schema)

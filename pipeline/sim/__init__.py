@@ -1,0 +1,19 @@
+"""A vLLM-compatible OpenAI server simulator for tests, demos and benchmarks.
+
+It reproduces vLLM 0.32.0's response bodies, SSE stream, error bodies, /v1/models, /health
+and /metrics names, with configurable latency, a FIFO slot queue, injected faults and down
+windows. Captions are marked as simulated and name the sha256 prefix of the received image.
+
+Modules: `config` (settings), `httpserver` (HTTP/1.1 on asyncio), `chat` (request validation
+and prompt tokens), `errors` (vLLM error bodies), `responses` (caption and bodies),
+`engine` (slots, stats), `metrics` (Prometheus text), `routes` (endpoints), `app` (listening,
+faults, down windows), `runner` (`serve`, `SimServer`), `cli` (`caption sim`).
+"""
+
+from __future__ import annotations
+
+from .cli import add_arguments, run_from_args
+from .config import FaultConfig, SimConfig
+from .runner import SimServer, serve
+
+__all__ = ["FaultConfig", "SimConfig", "SimServer", "add_arguments", "run_from_args", "serve"]

@@ -1,0 +1,143 @@
+"""The `caption sim` command line: flags, startup line, port file and signal handling."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from .config import FaultConfig, SimConfig
+from .runner import serve
+
+
+def _window(text: str) -> tuple[float, float]:
+    try:
+        start, duration = (float(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:DURATION seconds, got {text!r}") from None
+    if start < 0 or duration <= 0:
+        raise argparse.ArgumentTypeError(f"bad down window {text!r}")
+    return start, duration
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the simulator's flags to `parser`."""
+    d = SimConfig()
+    add = parser.add_argument
+    add("--host", default=d.host, help="address to bind (default %(default)s)")
+    add("--port", type=int, default=8102, help="port, 0 = pick a free one (default %(default)s)")
+    add("--model", default=d.model, help="served model name (default %(default)s)")
+    add("--max-model-len", type=int, default=d.max_model_len, help="context length")
+    add("--slots", type=int, default=d.slots, help="max concurrently running requests")
+    add("--latency", type=float, default=d.latency, help="service seconds per request")
+    add("--per-token", type=float, default=d.per_token, help="extra seconds per output token")
+    add("--jitter", type=float, default=d.jitter, help="service time spread, 0.1 = +-10%%")
+    add("--caption-words", type=int, default=d.caption_words, help="caption length in words")
+    add("--seed", type=int, default=d.seed, help="seed for faults, jitter and ids")
+    for kind, flag in (
+        ("error_429", "429"),
+        ("error_500", "500"),
+        ("error_503", "503"),
+        ("reset", "reset"),
+        ("hang", "hang"),
+        ("malformed", "malformed"),
+        ("empty_choices", "empty"),
+    ):
+        add(
+            f"--fault-{flag}",
+            dest=f"fault_{kind}",
+            type=float,
+            default=0.0,
+            metavar="P",
+            help=f"probability of a {kind} fault per chat request",
+        )
+    add("--retry-after", type=float, default=None, help="Retry-After seconds on 429/503")
+    add(
+        "--down",
+        type=_window,
+        action="append",
+        default=[],
+        metavar="START:DURATION",
+        help="refuse connections for DURATION seconds from START (repeatable)",
+    )
+    add("--port-file", type=Path, default=None, help="write the bound port here once listening")
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    faults = FaultConfig(
+        error_429=args.fault_error_429,
+        error_500=args.fault_error_500,
+        error_503=args.fault_error_503,
+        reset=args.fault_reset,
+        hang=args.fault_hang,
+        malformed=args.fault_malformed,
+        empty_choices=args.fault_empty_choices,
+        retry_after=args.retry_after,
+        down=tuple(args.down),
+    )
+    return SimConfig(
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        max_model_len=args.max_model_len,
+        slots=args.slots,
+        latency=args.latency,
+        per_token=args.per_token,
+        jitter=args.jitter,
+        caption_words=args.caption_words,
+        seed=args.seed,
+        faults=faults,
+    )
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent or Path("."), prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"{port}\n")
+    os.replace(tmp, path)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the simulator until SIGINT/SIGTERM; returns the exit code."""
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"caption sim: {exc}", file=sys.stderr)
+        return 2
+
+    def ready(port: int) -> None:
+        if args.port_file is not None:
+            _write_port_file(args.port_file, port)
+        url = f"http://{config.host}:{port}/v1"
+        print(
+            f"caption sim: serving {config.model} on {url} "
+            f"(slots={config.slots}, latency={config.latency:g}s)",
+            flush=True,
+        )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await serve(config, ready=ready)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        print(f"caption sim: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="caption sim", description="Simulated vLLM server.")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))

@@ -1,0 +1,81 @@
+"""The Parquet sink: result rows -> part files in the output dataset directory.
+
+Rows are buffered and written as one part file per flush (at least every ``flush_interval``
+seconds while rows arrive). Each part is written to a hidden temp name, fsynced, then renamed
+into place, so a reader or a crash never sees a half-written file. Part files are named
+``part-<run_id>-<seq>.parquet``; everything else in the folder starts with ``_`` or ``.`` so
+``pyarrow.dataset``, pandas, polars and duckdb read only the parts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schema import rows_to_table
+
+PART_GLOB = "part-*.parquet"
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(table: pa.Table, final: Path) -> None:
+    """Write ``table`` to ``final`` via a hidden temp file + fsync + rename."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    with open(tmp, "wb") as fh:
+        pq.write_table(table, fh, compression="zstd")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+class PartWriter:
+    """Appends rows; ``flush()`` turns the buffered rows into one new part file (blocking IO)."""
+
+    def __init__(self, folder: Path, run_id: str, schema: pa.Schema) -> None:
+        self.folder = folder
+        self.run_id = run_id
+        self.schema = schema
+        self.buffer: list[dict[str, Any]] = []
+        self.seq = 0
+        self.rows_written = 0
+        self.parts: list[Path] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.buffer.append(row)
+
+    def take(self) -> list[dict[str, Any]]:
+        rows, self.buffer = self.buffer, []
+        return rows
+
+    def write(self, rows: list[dict[str, Any]]) -> Path | None:
+        """Write ``rows`` as the next part file; call from a worker thread."""
+        if not rows:
+            return None
+        self.seq += 1
+        final = self.folder / f"part-{self.run_id}-{self.seq:05d}.parquet"
+        write_atomic(rows_to_table(rows, self.schema), final)
+        self.rows_written += len(rows)
+        self.parts.append(final)
+        return final
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete temp files a crashed run left behind (only call while holding the lock)."""
+    removed = 0
+    for tmp in folder.glob(".part-*.parquet.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed

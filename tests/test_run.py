@@ -1,0 +1,228 @@
+"""End to end against the simulator over loopback: the ``caption run`` command as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import main
+from pipeline.sim import FaultConfig, SimConfig, SimServer
+
+from helpers import make_images, sent_marker
+
+PROMPT = "使用中文描述这张图像"
+
+
+def run_cli(sim: SimServer, images: Path, out: Path, *extra: str) -> int:
+    return main(
+        [
+            "run", "--endpoint", sim.base_url, "--model", "gemma3-27b",
+            "--input", str(images), "--output", str(out), "--prompt", PROMPT,
+            "--no-progress", "--flush-interval", "0.5", *extra,
+        ]
+    )  # fmt: skip
+
+
+def read_rows(out: Path) -> list[dict[str, object]]:
+    return ds.dataset(out, format="parquet").to_table().to_pylist()
+
+
+def ok_rows(out: Path) -> list[dict[str, object]]:
+    return [r for r in read_rows(out) if r["status"] == "ok"]
+
+
+class TestCaptionFolder:
+    def test_every_image_gets_its_own_caption(
+        self, sim: SimServer, images: list[Path], tmp_path: Path
+    ) -> None:
+        """Each ok row's caption carries the marker of exactly the image in that row."""
+        out = tmp_path / "out"
+        assert run_cli(sim, images[0].parent.parent, out, "--concurrency", "8") == 0
+        rows = ok_rows(out)
+        assert len(rows) == len(images)
+        root = images[0].parent.parent
+        for row in rows:
+            path = root / str(row["image_path"])
+            assert sent_marker(path) in str(row["caption"]), row["image_path"]
+            assert "simulated" in str(row["caption"])
+        assert len({r["caption"] for r in rows}) == len(images)
+
+    def test_exactly_one_request_per_item_and_rerun_sends_none(
+        self, sim: SimServer, images: list[Path], tmp_path: Path
+    ) -> None:
+        """A clean run sends one request per item; a rerun of the finished job sends zero."""
+        out, root = tmp_path / "out", images[0].parent.parent
+        assert run_cli(sim, root, out) == 0
+        assert sim.stats()["requests"] == len(images)
+        sim.reset_stats()
+        assert run_cli(sim, root, out) == 0
+        assert sim.stats()["requests"] == 0
+        assert len(ok_rows(out)) == len(images)
+
+    def test_rerun_does_only_new_images(
+        self, sim: SimServer, images: list[Path], tmp_path: Path
+    ) -> None:
+        """Images added after a run are the only work of the next run."""
+        out, root = tmp_path / "out", images[0].parent.parent
+        assert run_cli(sim, root, out) == 0
+        make_images(root / "new", 5, seed=99)
+        sim.reset_stats()
+        assert run_cli(sim, root, out) == 0
+        assert sim.stats()["requests"] == 5
+        keys = [r["key"] for r in ok_rows(out)]
+        assert len(keys) == len(set(keys)) == len(images) + 5
+
+    def test_output_schema_and_metadata(
+        self, sim: SimServer, images: list[Path], tmp_path: Path
+    ) -> None:
+        """Rows carry the documented columns; the schema metadata holds the job without secrets."""
+        out, root = tmp_path / "out", images[0].parent.parent
+        os.environ["VLLM_API_KEY"] = "sk-secret-test-value"
+        try:
+            assert run_cli(sim, root, out) == 0
+        finally:
+            del os.environ["VLLM_API_KEY"]
+        part = sorted(out.glob("part-*.parquet"))[0]
+        schema = pq.read_schema(part)
+        for col in ("key", "image_path", "image_sha256", "prompt_name", "model", "status",
+                    "caption", "finish_reason", "error", "prompt_tokens", "completion_tokens",
+                    "attempts", "queue_wait_s", "encode_s", "latency_s", "started_at",
+                    "finished_at", "run_id", "endpoint", "width", "height"):  # fmt: skip
+            assert col in schema.names
+        job = json.loads(schema.metadata[b"caption.job"])
+        assert job["endpoint"]["model"] == "gemma3-27b"
+        for f in out.iterdir():
+            if f.is_file():
+                assert b"sk-secret-test-value" not in f.read_bytes(), f.name
+        row = ok_rows(out)[0]
+        assert row["prompt_tokens"] and row["completion_tokens"] and row["attempts"] == 1
+        assert str(row["image_path"]).count("/") == 1 and not str(row["image_path"]).startswith("/")
+
+    def test_several_prompts_make_several_items(
+        self, sim: SimServer, images: list[Path], tmp_path: Path
+    ) -> None:
+        """Two [[prompt]] tables give image x prompt items, templates rendered per image."""
+        root, out = images[0].parent.parent, tmp_path / "out"
+        job = tmp_path / "job.toml"
+        job.write_text(
+            f'[endpoint]\nurl = "{sim.base_url}"\n[input]\nroot = "{root}"\n'
+            '[[prompt]]\nname = "zh"\ntext = "使用中文描述这张图像"\n'
+            '[[prompt]]\nname = "tags"\ntext = "Tags for $filename in $parent"\nmax_tokens = 40\n'
+            f'[run]\noutput = "{out}"\nprogress = false\n',
+            encoding="utf-8",
+        )
+        assert main(["run", str(job)]) == 0
+        rows = ok_rows(out)
+        assert len(rows) == 2 * len(images)
+        assert sim.stats()["requests"] == 2 * len(images)
+        tags = [r for r in rows if r["prompt_name"] == "tags"]
+        assert all(Path(str(r["image_path"])).name in str(r["caption"]) for r in tags)
+
+
+class TestFailures:
+    def test_retries_under_injected_faults(self, images: list[Path], tmp_path: Path) -> None:
+        """With 40% mixed faults every item still ends ok, some after several attempts."""
+        faults = FaultConfig(
+            error_429=0.08, error_500=0.08, error_503=0.08, reset=0.08, malformed=0.04,
+            empty_choices=0.04, retry_after=0.05,
+        )  # fmt: skip
+        with SimServer(SimConfig(slots=8, faults=faults, seed=7)) as sim:
+            code = run_cli(sim, images[0].parent.parent, tmp_path / "out", "--retries", "12")
+            stats = sim.stats()
+        assert code == 0
+        rows = ok_rows(tmp_path / "out")
+        assert len(rows) == len(images)
+        assert max(int(str(r["attempts"])) for r in rows) > 1
+        assert stats["requests"] > len(images)
+        assert sum(stats["faults"].values()) > 0
+
+    def test_400_is_not_retried_and_keeps_the_message(
+        self, images: list[Path], tmp_path: Path
+    ) -> None:
+        """An over-long prompt gets vLLM's 400 once, the row keeps its message, exit code 1."""
+        with SimServer(SimConfig(max_model_len=2048)) as sim:
+            code = main(
+                ["run", "--endpoint", sim.base_url, "--input", str(images[0].parent.parent),
+                 "--output", str(tmp_path / "out"), "--prompt", "word " * 9000,
+                 "--max-tokens", "16", "--no-progress"]
+            )  # fmt: skip
+            requests = sim.stats()["requests"]
+        assert code == 1
+        assert requests == len(images)
+        rows = read_rows(tmp_path / "out")
+        assert {r["status"] for r in rows} == {"failed"}
+        assert all(r["attempts"] == 1 and r["http_status"] == 400 for r in rows)
+        assert "maximum context length" in str(rows[0]["error"])
+
+    def test_invalid_images_become_rows(
+        self, sim: SimServer, images: list[Path], tmp_path: Path
+    ) -> None:
+        """A zero-byte file and a text file named .jpg are 'invalid' rows; exit code stays 0."""
+        root = images[0].parent.parent
+        (root / "empty.jpg").write_bytes(b"")
+        (root / "notes.jpg").write_text("not an image")
+        assert run_cli(sim, root, tmp_path / "out") == 0
+        rows = {r["image_path"]: r for r in read_rows(tmp_path / "out")}
+        assert rows["empty.jpg"]["status"] == "invalid" and "empty" in str(
+            rows["empty.jpg"]["error"]
+        )
+        assert rows["notes.jpg"]["status"] == "invalid"
+        assert sum(1 for r in rows.values() if r["status"] == "ok") == len(images)
+        assert sim.stats()["requests"] == len(images)
+
+    def test_config_errors_exit_2(self, sim: SimServer, images: list[Path], tmp_path: Path) -> None:
+        """Unknown model (names the served ones) and a missing input folder are exit code 2."""
+        root = str(images[0].parent.parent)
+        assert main(["run", "--endpoint", sim.base_url, "--model", "gpt-4o", "--input", root,
+                     "--output", str(tmp_path / "o"), "--prompt", "x"]) == 2  # fmt: skip
+        assert main(["run", "--endpoint", sim.base_url, "--input", str(tmp_path / "nope"),
+                     "--output", str(tmp_path / "o"), "--prompt", "x"]) == 2  # fmt: skip
+        assert sim.stats()["requests"] == 0
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_finishes(tmp_path: Path) -> None:
+    """SIGKILL mid-run: output stays readable, the rerun completes, no key has two ok rows."""
+    n, conc, latency, interval = 240, 8, 0.1, 0.5
+    root = tmp_path / "images"
+    make_images(root, n, size=(48, 32))
+    out = tmp_path / "out"
+    with SimServer(SimConfig(slots=conc, latency=latency)) as sim:
+        cmd = [
+            sys.executable, "-m", "pipeline", "run", "--endpoint", sim.base_url,
+            "--input", str(root), "--output", str(out), "--prompt", PROMPT,
+            "--concurrency", str(conc), "--flush-interval", str(interval), "--no-progress",
+        ]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(list(out.glob("part-*.parquet"))) < 2:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        first = sim.stats()["completed"]
+        assert 0 < len(ok_rows(out)) < n, "kill should land mid-run"
+        saved = len(ok_rows(out))
+        rerun = subprocess.run(cmd, capture_output=True, timeout=60)
+        assert rerun.returncode == 0, rerun.stderr.decode()
+        total = sim.stats()["completed"]
+    rows = ok_rows(out)
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)) == n
+    redone = total - n
+    # Lost work = answers received but not yet flushed when killed: at most what was in
+    # flight plus what arrived during the last flush interval.
+    per_interval = conc / latency * interval  # the simulator's peak rate x flush interval
+    assert redone <= conc + per_interval, (redone, first, saved)
+    assert ds.dataset(out, format="parquet").count_rows() >= n
+    assert pc.sum(pc.equal(ds.dataset(out).to_table().column("status"), "ok")).as_py() == n
