@@ -8,10 +8,12 @@ another run.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -33,6 +35,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"top_k\": 40}'")
+    return value
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", nargs="?", type=Path, help="TOML job file (optional: flags suffice)")
     g = p.add_argument_group("endpoint")
@@ -42,10 +54,13 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", metavar="NAME", help="served model name, e.g. gemma3-27b")
     g.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key")
     g.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for one answer")
+    g.add_argument("--connect-timeout", type=float, metavar="S", help="seconds to connect (10)")
     g = p.add_argument_group("input and output")
     g.add_argument("--input", metavar="DIR", help="folder of images (walked recursively)")
     g.add_argument("--output", metavar="DIR", help="Parquet dataset folder (created)")
+    g.add_argument("--pattern", action="append", metavar="GLOB", help="file-name glob (repeatable)")
     g.add_argument("--max-side", type=int, metavar="PX", help="longest image side sent (896)")
+    g.add_argument("--jpeg-quality", type=int, metavar="Q", help="JPEG quality sent (90)")
     g = p.add_argument_group("prompt (replaces the job's prompts / overrides their settings)")
     g.add_argument("--prompt-file", metavar="FILE", help="prompt text from a file")
     g.add_argument("--prompt", metavar="TEXT", help="prompt text")
@@ -53,10 +68,19 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens", type=int, metavar="N")
     g.add_argument("--temperature", type=float, metavar="X")
     g.add_argument("--top-p", type=float, metavar="X")
+    g.add_argument(
+        "--extra",
+        type=_json_object,
+        metavar="JSON",
+        help="more body fields, e.g. '{\"top_k\": 40}'",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (32)")
     g.add_argument("--retries", type=int, metavar="N", help="retries per item after the first (5)")
     g.add_argument("--flush-interval", type=float, metavar="S", help="seconds between part files")
+    g.add_argument("--backoff-initial", type=float, metavar="S", help="first retry wait cap (0.5)")
+    g.add_argument("--backoff-max", type=float, metavar="S", help="longest retry wait (30)")
+    g.add_argument("--retry-after-max", type=float, metavar="S", help="cap on Retry-After (60)")
     g.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -95,6 +119,13 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         retries=args.retries,
         flush_interval=args.flush_interval,
         no_progress=args.no_progress,
+        connect_timeout=args.connect_timeout,
+        patterns=tuple(args.pattern) if args.pattern else None,
+        jpeg_quality=args.jpeg_quality,
+        backoff_initial=args.backoff_initial,
+        backoff_max=args.backoff_max,
+        retry_after_max=args.retry_after_max,
+        extra=args.extra,
     )
 
 

@@ -212,6 +212,13 @@ class Overrides:
     retries: int | None = None
     flush_interval: float | None = None
     no_progress: bool = False
+    connect_timeout: float | None = None
+    patterns: tuple[str, ...] | None = None
+    jpeg_quality: int | None = None
+    backoff_initial: float | None = None
+    backoff_max: float | None = None
+    retry_after_max: float | None = None
+    extra: Mapping[str, Any] | None = None  # merged into every prompt's extra
 
 
 def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
@@ -227,6 +234,12 @@ def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
     put("endpoint", "model", ov.model)
     put("endpoint", "api_key_env", ov.api_key_env)
     put("endpoint", "timeout", ov.timeout)
+    put("endpoint", "connect_timeout", ov.connect_timeout)
+    put("input", "patterns", None if ov.patterns is None else list(ov.patterns))
+    put("image", "jpeg_quality", ov.jpeg_quality)
+    put("run", "backoff_initial", ov.backoff_initial)
+    put("run", "backoff_max", ov.backoff_max)
+    put("run", "retry_after_max", ov.retry_after_max)
     put("input", "root", None if ov.input is None else str(Path(ov.input).resolve()))
     put("run", "output", None if ov.output is None else str(Path(ov.output).resolve()))
     put("run", "concurrency", ov.concurrency)
@@ -256,6 +269,8 @@ def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
         ):
             if value is not None:
                 table[key] = value
+        if ov.extra:
+            table["extra"] = {**table.get("extra", {}), **ov.extra}
     return out
 
 

@@ -35,7 +35,7 @@ from .payload import build_body, item_key
 from .progress import Reporter, Tally
 from .retry import RetryPolicy, compute_backoff
 from .schema import STATUS_FAILED, STATUS_INVALID, STATUS_OK, schema_with_job, utc_now
-from .sink import PartWriter, remove_stale_temps
+from .sink import PartWriter, compact, recover_compaction, remove_stale_temps
 from .state import HashCache, OutputLock, load_done_keys, open_hash_cache
 from .templates import render
 from .walker import ImageFile, walk_images
@@ -121,6 +121,7 @@ class Runner:
         lock.acquire()
         try:
             remove_stale_temps(out)
+            recover_compaction(out)
             self.done = await anyio.to_thread.run_sync(load_done_keys, out)
             cache = open_hash_cache(out)
             writer = PartWriter(out, self.run_id, schema_with_job(self.job.public_dict()))
@@ -131,7 +132,12 @@ class Runner:
             finally:
                 reporter.close()
                 await anyio.to_thread.run_sync(cache.close)
-            return RunResult(self.tally, self.run_id, out, time.monotonic() - started, writer.parts)
+            wall = time.monotonic() - started
+            merged = await anyio.to_thread.run_sync(
+                compact, out, self.run_id, writer.parts, writer.schema
+            )
+            parts = [merged] if merged else writer.parts
+            return RunResult(self.tally, self.run_id, out, wall, parts)
         finally:
             lock.release()
 

@@ -9,6 +9,7 @@ into place, so a reader or a crash never sees a half-written file. Part files ar
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ import pyarrow.parquet as pq
 from .schema import rows_to_table
 
 PART_GLOB = "part-*.parquet"
+COMPACT_MARKER = "_caption_compact.json"
+COMPACT_MIN_PARTS = 2
+MERGE_ROWS = 65_536
 
 
 def fsync_dir(folder: Path) -> None:
@@ -79,3 +83,62 @@ def remove_stale_temps(folder: Path) -> int:
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def compact(folder: Path, run_id: str, parts: list[Path], schema: pa.Schema) -> Path | None:
+    """Merge one run's small part files into ``part-<run_id>-all.parquet`` (blocking IO).
+
+    Crash-safe: a marker listing the small parts is made durable before the merged file is
+    renamed in; ``recover_compaction`` finishes or undoes an interrupted compaction, so a key
+    is never left with two copies of its row.
+    """
+    if len(parts) < COMPACT_MIN_PARTS:
+        return None
+    final = folder / f"part-{run_id}-all.parquet"
+    marker = folder / COMPACT_MARKER
+    marker_tmp = folder / f".{COMPACT_MARKER}.tmp"
+    marker_tmp.write_text(json.dumps({"merged": final.name, "parts": [p.name for p in parts]}))
+    os.replace(marker_tmp, marker)
+    fsync_dir(folder)
+    _merge(parts, final, schema)
+    for part in parts:
+        part.unlink(missing_ok=True)
+    marker.unlink()
+    fsync_dir(folder)
+    return final
+
+
+def _merge(parts: list[Path], final: Path, schema: pa.Schema) -> None:
+    """Stream ``parts`` into one file with row groups of about ``MERGE_ROWS`` rows."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    with open(tmp, "wb") as fh:
+        with pq.ParquetWriter(fh, schema, compression="zstd") as writer:
+            pending: list[pa.Table] = []
+            rows = 0
+            for part in parts:
+                table = pq.read_table(part, schema=schema)
+                pending.append(table)
+                rows += table.num_rows
+                if rows >= MERGE_ROWS:
+                    writer.write_table(pa.concat_tables(pending))
+                    pending, rows = [], 0
+            if pending:
+                writer.write_table(pa.concat_tables(pending))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def recover_compaction(folder: Path) -> None:
+    """Finish a compaction a crash interrupted (only call while holding the lock)."""
+    marker = folder / COMPACT_MARKER
+    if not marker.exists():
+        return
+    plan = json.loads(marker.read_text())
+    if (folder / plan["merged"]).exists():
+        for name in plan["parts"]:
+            (folder / name).unlink(missing_ok=True)
+    marker.unlink()
+    fsync_dir(folder)

@@ -226,3 +226,96 @@ def test_sigkill_mid_run_then_rerun_finishes(tmp_path: Path) -> None:
     assert redone <= conc + per_interval, (redone, first, saved)
     assert ds.dataset(out, format="parquet").count_rows() >= n
     assert pc.sum(pc.equal(ds.dataset(out).to_table().column("status"), "ok")).as_py() == n
+
+
+class TestOutputFolder:
+    def test_pandas_polars_duckdb_read_it(
+        self, sim: SimServer, images: list[Path], tmp_path: Path
+    ) -> None:
+        """The output folder opens as one table in pandas, polars and duckdb."""
+        import duckdb
+        import pandas as pd
+        import polars as pl
+
+        out = tmp_path / "out"
+        assert run_cli(sim, images[0].parent.parent, out) == 0
+        n = len(images)
+        assert len(pd.read_parquet(out)) == n
+        assert pl.scan_parquet(str(out / "*.parquet")).collect().height == n
+        got = duckdb.sql(f"select count(*) from read_parquet('{out}/*.parquet')").fetchall()[0]
+        assert got == (n,)
+
+    def test_noop_rerun_reads_no_image(self, sim: SimServer, images: list[Path], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+        """A rerun over unchanged images opens none of them (size+mtime -> sha256 cache)."""
+        import pipeline.runner as runner
+
+        out, root = tmp_path / "out", images[0].parent.parent
+        assert run_cli(sim, root, out) == 0
+        reads: list[Path] = []
+        real = runner._read
+        monkeypatch.setattr(runner, "_read", lambda p: reads.append(p) or real(p))
+        assert run_cli(sim, root, out) == 0
+        assert reads == []
+        images[0].write_bytes(images[1].read_bytes())  # changed content: read and redone
+        assert run_cli(sim, root, out) == 0
+        assert reads == [images[0]]
+
+    def test_parts_are_compacted_per_run(self, images: list[Path], tmp_path: Path) -> None:
+        """Many flushes during a run end as one merged part file holding every row."""
+        out = tmp_path / "out"
+        with SimServer(SimConfig(slots=2, latency=0.05)) as sim:
+            assert run_cli(sim, images[0].parent.parent, out, "--flush-interval", "0.1",
+                           "--concurrency", "2") == 0  # fmt: skip
+        parts = sorted(p.name for p in out.glob("part-*.parquet"))
+        assert len(parts) == 1 and parts[0].endswith("-all.parquet")
+        assert len(ok_rows(out)) == len(images)
+        assert not list(out.glob(".*tmp"))
+
+    def test_interrupted_compaction_is_finished_on_next_start(self, sim: SimServer,
+                                                              images: list[Path],
+                                                              tmp_path: Path) -> None:  # fmt: skip
+        """A crash after the merged file landed but before the small parts went: no duplicates."""
+        from pipeline.sink import COMPACT_MARKER
+
+        out, root = tmp_path / "out", images[0].parent.parent
+        assert run_cli(sim, root, out, "--flush-interval", "100") == 0
+        (part,) = out.glob("part-*.parquet")
+        merged = out / "part-x-all.parquet"
+        merged.write_bytes(part.read_bytes())  # as if the merge had landed, parts not yet gone
+        (out / COMPACT_MARKER).write_text(json.dumps({"merged": merged.name, "parts": [part.name]}))
+        sim.reset_stats()
+        assert run_cli(sim, root, out) == 0
+        assert sim.stats()["requests"] == 0
+        keys = [r["key"] for r in ok_rows(out)]
+        assert len(keys) == len(set(keys)) == len(images)
+
+    def test_second_run_on_same_output_exits_75(
+        self, sim: SimServer, images: list[Path], tmp_path: Path
+    ) -> None:
+        """While one run holds the output lock, another exits at once with code 75."""
+        from pipeline.state import OutputLock
+
+        out = tmp_path / "out"
+        out.mkdir()
+        lock = OutputLock(out)
+        lock.acquire()
+        try:
+            assert run_cli(sim, images[0].parent.parent, out) == 75
+        finally:
+            lock.release()
+        assert sim.stats()["requests"] == 0
+
+    def test_no_progress_writes_log_lines(self, images: list[Path], tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+        """With --no-progress a long run logs 'progress N/M items' lines."""
+        import pipeline.progress as progress
+
+        monkeypatch.setattr(progress, "LOG_EVERY_S", 0.05)
+        with SimServer(SimConfig(slots=2, latency=0.05)) as sim, caplog.at_level("INFO"):
+            assert (
+                run_cli(sim, images[0].parent.parent, tmp_path / "out", "--concurrency", "2") == 0
+            )
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress")]
+        assert lines and "ok=" in lines[-1]

@@ -6,8 +6,9 @@ windows. Captions are marked as simulated and name the sha256 prefix of the rece
 
 Modules: `config` (settings), `httpserver` (HTTP/1.1 on asyncio), `chat` (request validation
 and prompt tokens), `errors` (vLLM error bodies), `responses` (caption and bodies),
-`engine` (slots, stats), `metrics` (Prometheus text), `routes` (endpoints), `app` (listening,
-faults, down windows), `runner` (`serve`, `SimServer`), `cli` (`caption sim`).
+`imagesize` (header-only image size), `engine` (slots, stats), `metrics` (Prometheus text),
+`routes` (endpoints), `app` (listening, faults, down windows), `runner` (`serve`,
+`SimServer`), `cli` (`caption sim`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Prompt token count (an approximation; the real tokenizer is not available):
                   + 260 per image (256 soft tokens + 4 wrapper tokens, like real Gemma 3)
 
 Images must be `data:` URIs; they are base64-decoded (strictly) and only their header is read
-with Pillow (no full decode), which gives the size and rejects non-images.
+(`imagesize`, no full decode), which gives the size and rejects non-images.
 """
 
 from __future__ import annotations
@@ -15,20 +15,20 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from . import errors
 from .errors import ApiError
+from .imagesize import image_size
 
 TOKENS_PER_IMAGE = 256 + 4
 TOKENS_PER_MESSAGE = 4
 TOKENS_FIXED = 1 + 3
+# vLLM decodes with pybase64, whose wording differs from the standard library's.
+_B64_MESSAGES = {"Only base64 data is allowed": "Non-base64 digit found"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,11 +156,10 @@ def _load_image(image_url: Any) -> ImageInfo:
     try:
         raw = base64.b64decode(payload, validate=True)
     except binascii.Error as exc:
-        raise errors.bad_request(str(exc)) from None
+        raise errors.bad_request(_B64_MESSAGES.get(str(exc), str(exc))) from None
     try:
-        with Image.open(io.BytesIO(raw)) as image:
-            width, height = image.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
+        width, height = image_size(raw)
+    except ValueError:
         raise errors.not_an_image() from None
     return ImageInfo(hashlib.sha256(raw).hexdigest()[:12], width, height)
 

@@ -38,6 +38,7 @@ class SimServer:
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._final_stats: dict[str, Any] | None = None
 
     @property
     def port(self) -> int:
@@ -85,6 +86,7 @@ class SimServer:
             await self._stop.wait()
         finally:
             await app.close()
+            self._final_stats = app.engine.snapshot()
 
     def stop(self) -> None:
         """Stop the server and join its thread (idempotent)."""
@@ -115,11 +117,20 @@ class SimServer:
 
     def _call(self, make: Callable[[SimApp], Coroutine[Any, Any, T]]) -> T:
         app, loop = self._require_app(), self._loop
-        assert loop is not None
-        return asyncio.run_coroutine_threadsafe(make(app), loop).result(timeout=10)
+        if loop is None or loop.is_closed() or self._thread is None:
+            raise RuntimeError("SimServer is not running")
+        coro = make(app)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:
+            coro.close()
+            raise
+        return future.result(timeout=10)
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot of the stats dict (see README of pipeline.sim)."""
+        """A snapshot of the stats dict; after `stop` it is the final one."""
+        if self._thread is None and self._final_stats is not None:
+            return self._final_stats
 
         async def snap(app: SimApp) -> dict[str, Any]:
             return app.engine.snapshot()

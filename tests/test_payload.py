@@ -1,0 +1,146 @@
+"""Request bodies and item keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+
+from pipeline.config import ImageConfig, PromptConfig
+from pipeline.payload import build_body, item_key
+
+URI = "data:image/jpeg;base64,/9j/AAAA"
+
+
+class TestBuildBody:
+    def test_exact_shape_with_system(self) -> None:
+        """System message first, then one user message holding [text, image_url]."""
+        prompt = PromptConfig(
+            name="p", text="ignored", system="Be brief.", max_tokens=64, temperature=0.2, top_p=0.5
+        )
+        body = build_body("gemma3-27b", prompt, "Describe cat.jpg", URI)
+        assert body == {
+            "model": "gemma3-27b",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Describe cat.jpg"},
+                        {"type": "image_url", "image_url": {"url": URI}},
+                    ],
+                },
+            ],
+            "max_tokens": 64,
+            "temperature": 0.2,
+            "top_p": 0.5,
+        }
+
+    @pytest.mark.parametrize("system", [None, ""])
+    def test_no_system_message_when_system_unset(self, system: str | None) -> None:
+        """With no system text the body holds only the user message."""
+        prompt = PromptConfig(name="p", text="t", system=system)
+        body = build_body("m", prompt, "hello", URI)
+        assert [m["role"] for m in body["messages"]] == ["user"]
+        assert body["messages"][0]["content"][0] == {"type": "text", "text": "hello"}
+
+    def test_uses_rendered_text_not_template(self) -> None:
+        """The text argument (rendered per image) is sent, not the prompt's template."""
+        prompt = PromptConfig(name="p", text="Describe $filename")
+        body = build_body("m", prompt, "Describe dog.png", URI)
+        assert body["messages"][-1]["content"][0]["text"] == "Describe dog.png"
+
+    def test_extra_fields_are_merged(self) -> None:
+        """The prompt's extra mapping is merged into the top level of the body."""
+        extra = {"seed": 7, "stop": ["\n\n"], "repetition_penalty": 1.1}
+        prompt = PromptConfig(name="p", text="t", extra=extra)
+        body = build_body("m", prompt, "t", URI)
+        for key, value in extra.items():
+            assert body[key] == value
+        assert body["model"] == "m"
+        assert len(body["messages"]) == 2
+
+    def test_body_is_json_serialisable(self) -> None:
+        """The body can be encoded as JSON unchanged."""
+        prompt = PromptConfig(name="p", text="t", extra={"seed": 1})
+        body = build_body("m", prompt, "Ünïcode text", URI)
+        assert json.loads(json.dumps(body)) == body
+
+
+BASE_PROMPT = PromptConfig(
+    name="describe",
+    text="Describe $filename",
+    system="You are a helpful assistant.",
+    max_tokens=256,
+    temperature=0.7,
+    top_p=0.9,
+    extra={"seed": 1},
+)
+BASE_IMAGE = ImageConfig(max_side=896, jpeg_quality=90)
+BASE_ARGS: dict[str, Any] = {
+    "image_sha256": "a" * 64,
+    "relpath": "animals/cat.jpg",
+    "model": "gemma3-27b",
+    "prompt": BASE_PROMPT,
+    "text": "Describe cat.jpg",
+    "image": BASE_IMAGE,
+}
+
+
+def _prompt(**changes: Any) -> PromptConfig:
+    return dataclasses.replace(BASE_PROMPT, **changes)
+
+
+def _image(**changes: Any) -> ImageConfig:
+    return dataclasses.replace(BASE_IMAGE, **changes)
+
+
+class TestItemKey:
+    def test_stable_for_equal_inputs(self) -> None:
+        """Equal (but separately built) inputs give the same 32-hex-digit key."""
+        again = dict(
+            BASE_ARGS,
+            prompt=_prompt(extra={"seed": 1}),
+            image=ImageConfig(max_side=896, jpeg_quality=90),
+        )
+        key = item_key(**BASE_ARGS)
+        assert key == item_key(**again)
+        assert len(key) == 32
+        int(key, 16)
+
+    def test_extra_key_order_does_not_matter(self) -> None:
+        """Two extra mappings with the same items in another order give the same key."""
+        a = dict(BASE_ARGS, prompt=_prompt(extra={"seed": 1, "stop": ["x"]}))
+        b = dict(BASE_ARGS, prompt=_prompt(extra={"stop": ["x"], "seed": 1}))
+        assert item_key(**a) == item_key(**b)
+
+    @pytest.mark.parametrize(
+        ("field", "value"),
+        [
+            ("image_sha256", "b" * 64),
+            ("relpath", "animals/cat2.jpg"),
+            ("relpath", "other/cat.jpg"),
+            ("model", "gemma3-4b"),
+            ("text", "Describe cat.jpg!"),
+            ("prompt", _prompt(system="Be terse.")),
+            ("prompt", _prompt(system=None)),
+            ("prompt", _prompt(max_tokens=255)),
+            ("prompt", _prompt(temperature=0.2)),
+            ("prompt", _prompt(top_p=0.95)),
+            ("prompt", _prompt(extra={"seed": 2})),
+            ("prompt", _prompt(extra={})),
+            ("image", _image(max_side=512)),
+            ("image", _image(jpeg_quality=85)),
+        ],
+    )
+    def test_key_changes_with_each_input(self, field: str, value: Any) -> None:
+        """Changing any one input that affects the answer gives a new key."""
+        changed = dict(BASE_ARGS, **{field: value})
+        assert item_key(**changed) != item_key(**BASE_ARGS)
+
+    def test_prompt_template_itself_is_not_in_key(self) -> None:
+        """Only the rendered text counts: an equivalent template renders to the same key."""
+        changed = dict(BASE_ARGS, prompt=_prompt(text="Describe ${filename}"))
+        assert item_key(**changed) == item_key(**BASE_ARGS)
