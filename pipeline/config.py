@@ -171,6 +171,10 @@ def read_job_file(path: Path) -> dict[str, Any]:
             if not isinstance(value, list):
                 raise ConfigError("'prompt' must be an array of tables: write [[prompt]]")
             for i, table in enumerate(value):
+                if not isinstance(table, dict):
+                    raise ConfigError(
+                        f'prompt #{i + 1} must be a table: write [[prompt]] with text = "..."'
+                    )
                 _check_table(table, "prompt", f"[[prompt]] #{i + 1}")
         elif not isinstance(value, dict):
             raise ConfigError(f"{key!r} must be a table: write [{key}]")

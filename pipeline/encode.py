@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import warnings
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -19,8 +18,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .config import ImageConfig
 from .errors import InvalidImageError
 
-# Pillow warns above ~89 MP and refuses above ~179 MP; we refuse above this, explicitly.
+# We refuse images above this many pixels ourselves, after reading only the header, so
+# Pillow's own global bomb check (a warning at ~89 MP, an error at ~179 MP) is switched off.
 MAX_PIXELS = 178_956_970
+Image.MAX_IMAGE_PIXELS = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,25 +60,23 @@ def encode_image(raw: bytes, cfg: ImageConfig) -> EncodedImage:
     if not raw:
         raise InvalidImageError("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(io.BytesIO(raw))
-            src_w, src_h = opened.size
-            if src_w * src_h > MAX_PIXELS:
-                raise InvalidImageError(
-                    f"image too large: {src_w}x{src_h} pixels is over the limit of "
-                    f"{MAX_PIXELS:,} (decompression bomb guard)"
-                )
-            if opened.format == "JPEG":
-                # Decode at 1/2, 1/4 or 1/8 scale while staying >= the final size.
-                opened.draft("RGB", _target_size(src_w, src_h, cfg.max_side))
-            opened.load()
-            im: Image.Image = ImageOps.exif_transpose(opened)
-            im = _to_rgb(im)
-            if max(im.size) > cfg.max_side:
-                im = im.resize(_target_size(*im.size, cfg.max_side), Image.Resampling.LANCZOS)
-            out = io.BytesIO()
-            im.save(out, format="JPEG", quality=cfg.jpeg_quality)
+        opened = Image.open(io.BytesIO(raw))
+        src_w, src_h = opened.size
+        if src_w * src_h > MAX_PIXELS:
+            raise InvalidImageError(
+                f"image too large: {src_w}x{src_h} pixels is over the limit of "
+                f"{MAX_PIXELS:,} (decompression bomb guard)"
+            )
+        if opened.format == "JPEG":
+            # Decode at 1/2, 1/4 or 1/8 scale while staying >= the final size.
+            opened.draft("RGB", _target_size(src_w, src_h, cfg.max_side))
+        opened.load()
+        im: Image.Image = ImageOps.exif_transpose(opened)
+        im = _to_rgb(im)
+        if max(im.size) > cfg.max_side:
+            im = im.resize(_target_size(*im.size, cfg.max_side), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        im.save(out, format="JPEG", quality=cfg.jpeg_quality)
     except InvalidImageError:
         raise
     except UnidentifiedImageError:

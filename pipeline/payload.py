@@ -52,15 +52,16 @@ def item_key(
 ) -> str:
     """Stable id of one (image, prompt) item: same inputs and settings -> same key.
 
-    It covers the image content and its path, the rendered prompt with its system text and
-    sampling parameters, the model and the image settings. Change any of them and the item is
-    new work; change none and a rerun skips it.
+    It covers the image content and its path, the prompt's name and rendered text, its system
+    text and sampling parameters, the model and the image settings. Change any of them and the
+    item is new work; change none and a rerun skips it.
     """
     material = {
         "v": KEY_VERSION,
         "image": image_sha256,
         "path": relpath,
         "model": model,
+        "prompt": prompt.name,
         "system": prompt.system,
         "text": text,
         "max_tokens": prompt.max_tokens,

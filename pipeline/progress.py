@@ -8,7 +8,6 @@ instead. ``Tally`` is plain data; ``format_summary`` is a pure function.
 from __future__ import annotations
 
 import logging
-import statistics
 import sys
 import time
 from array import array
@@ -60,13 +59,14 @@ class Tally:
 
 
 def percentile(values: array[float], q: float) -> float | None:
-    """The q-th percentile (0..100) by linear interpolation, or None for no values."""
+    """The q-th percentile (0..100) by linear interpolation between closest ranks, or None."""
     if not values:
         return None
-    if len(values) == 1:
-        return values[0]
-    cuts = statistics.quantiles(values, n=100, method="inclusive")
-    return cuts[int(q) - 1]
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * min(max(q, 0.0), 100.0) / 100.0
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def format_summary(t: Tally, wall_s: float, output: str, concurrency: int) -> str:

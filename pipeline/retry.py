@@ -44,7 +44,8 @@ def compute_backoff(
     """
     if retry_after is not None and retry_after >= 0:
         return min(retry_after, policy.retry_after_max)
-    ceiling = min(policy.wait_max, policy.wait_initial * policy.wait_exp_base ** (attempt - 1))
+    exponent = min(attempt - 1, 64)  # past this the cap has long won; avoids float overflow
+    ceiling = min(policy.wait_max, policy.wait_initial * policy.wait_exp_base**exponent)
     return (rand or random).uniform(0.0, ceiling)
 
 

@@ -36,10 +36,14 @@ def fsync_dir(folder: Path) -> None:
 def write_atomic(table: pa.Table, final: Path) -> None:
     """Write ``table`` to ``final`` via a hidden temp file + fsync + rename."""
     tmp = final.with_name(f".{final.name}.tmp")
-    with open(tmp, "wb") as fh:
-        pq.write_table(table, fh, compression="zstd")
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.chmod(tmp, 0o644)
     os.replace(tmp, final)
     fsync_dir(final.parent)

@@ -180,13 +180,13 @@ class TestModes:
         assert out.size == (24, 12)
         assert close(out.getpixel((12, 6)), (value8,) * 3, tol=3)
 
-    def test_rgb_webp_and_bmp(self) -> None:
-        """Other common formats are re-encoded as JPEG."""
-        for fmt in ("WEBP", "BMP", "TIFF"):
-            raw = save(Image.new("RGB", (20, 10), (0, 128, 0)), fmt)
-            out = decode(encode_image(raw, ImageConfig()))
-            assert out.size == (20, 10), fmt
-            assert close(out.getpixel((10, 5)), (0, 128, 0)), fmt
+    @pytest.mark.parametrize("fmt", ["WEBP", "BMP", "TIFF"])
+    def test_other_formats_reencoded_as_jpeg(self, fmt: str) -> None:
+        """WebP, BMP and TIFF inputs are re-encoded as JPEG with their colours."""
+        raw = save(Image.new("RGB", (20, 10), (0, 128, 0)), fmt)
+        out = decode(encode_image(raw, ImageConfig()))
+        assert out.size == (20, 10)
+        assert close(out.getpixel((10, 5)), (0, 128, 0))
 
 
 class TestOrientation:

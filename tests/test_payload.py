@@ -129,6 +129,7 @@ class TestItemKey:
             ("prompt", _prompt(max_tokens=255)),
             ("prompt", _prompt(temperature=0.2)),
             ("prompt", _prompt(top_p=0.95)),
+            ("prompt", _prompt(name="another-prompt")),
             ("prompt", _prompt(extra={"seed": 2})),
             ("prompt", _prompt(extra={})),
             ("image", _image(max_side=512)),

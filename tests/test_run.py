@@ -14,11 +14,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from helpers import make_images, sent_marker
 
 from pipeline.cli import main
 from pipeline.sim import FaultConfig, SimConfig, SimServer
-
-from helpers import make_images, sent_marker
 
 PROMPT = "使用中文描述这张图像"
 

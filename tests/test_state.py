@@ -327,22 +327,13 @@ class TestPercentile:
                 [1.0, 2.0, 3.0, 4.0, 5.0],
                 0,
                 1.0,
-                marks=pytest.mark.xfail(
-                    strict=True,
-                    reason="BUG: percentile(q=0) indexes cuts[-1] and returns the 99th "
-                    "percentile (4.96) instead of the minimum",
-                ),
+                id="q0-is-minimum",
             ),
             pytest.param(
                 [1.0, 2.0, 3.0, 4.0, 5.0],
                 100,
                 5.0,
-                marks=pytest.mark.xfail(
-                    strict=True,
-                    raises=IndexError,
-                    reason="BUG: percentile(q=100) indexes cuts[99] of a 99-element list "
-                    "(IndexError) instead of returning the maximum",
-                ),
+                id="q100-is-maximum",
             ),
         ],
     )

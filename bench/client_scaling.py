@@ -1,0 +1,132 @@
+"""Does the pipeline's throughput hold as concurrency grows? (issue 2's client trap)
+
+Starts the simulator in its own process with zero latency, then, in this process:
+  * the whole pipeline (`caption run`: walk, hash, encode, request, Parquet) over N small images,
+  * a bare loop with ONE httpx.AsyncClient and one big pool posting the same kind of body,
+  * the pipeline's sharded client alone (ChatClient) posting the same body,
+at concurrency 16, 64 and 256. Prints a markdown table. Bounded: N requests per cell.
+
+Run: make bench-client   (or .venv/bin/python bench/client_scaling.py --items 2000)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import make_images  # noqa: E402
+
+from pipeline.client import ChatClient  # noqa: E402
+from pipeline.config import EndpointConfig, ImageConfig, Overrides, PromptConfig, load_job  # noqa: E402
+from pipeline.encode import encode_image  # noqa: E402
+from pipeline.payload import build_body  # noqa: E402
+from pipeline.runner import Runner  # noqa: E402
+
+
+def start_sim(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = tmp / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "sim", "--port", "0", "--port-file", str(port_file),
+         "--latency", "0", "--slots", "4096"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not port_file.exists():
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("simulator did not start")
+        time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
+
+
+async def post_loop(post, n: int, conc: int) -> float:  # type: ignore[no-untyped-def]
+    sent = 0
+
+    async def worker() -> None:
+        nonlocal sent
+        while sent < n:
+            sent += 1
+            await post()
+
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(conc):
+            tg.start_soon(worker)
+    return n / (time.perf_counter() - t0)
+
+
+async def bare_httpx(url: str, body: bytes, n: int, conc: int) -> float:
+    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+
+        async def post() -> None:
+            r = await client.post(url + "/chat/completions", content=body,
+                                  headers={"content-type": "application/json"})  # fmt: skip
+            r.raise_for_status()
+
+        return await post_loop(post, n, conc)
+
+
+async def sharded(url: str, body: dict[str, object], n: int, conc: int) -> float:
+    client = ChatClient(EndpointConfig(url=url), concurrency=conc, api_key=None)
+    try:
+
+        async def post() -> None:
+            await client.complete(body)
+
+        return await post_loop(post, n, conc)
+    finally:
+        await client.aclose()
+
+
+def pipeline_rate(url: str, images: Path, out: Path, conc: int) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    job = load_job(None, Overrides(endpoint=url, input=str(images), output=str(out),
+                                   prompt="Describe.", concurrency=conc, no_progress=True))  # fmt: skip
+    result = anyio.run(Runner(job, api_key=None).run)
+    assert result.tally.ok == result.tally.discovered, result.tally
+    return result.tally.ok / result.wall_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--conc", type=int, nargs="+", default=[16, 64, 256])
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        make_images(tmp / "images", args.items, size=(64, 48))
+        sample = next((tmp / "images").rglob("*.jpg"))
+        uri = encode_image(sample.read_bytes(), ImageConfig()).data_uri
+        body = build_body("gemma3-27b", PromptConfig(text="Describe."), "Describe.", uri)
+        import json
+
+        raw = json.dumps(body).encode()
+        proc, url = start_sim(tmp)
+        try:
+            print(f"# client scaling, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
+                  f"{args.items} requests per cell, body {len(raw)} bytes, zero-latency simulator")  # fmt: skip
+            print("\n| concurrency | bare httpx, one pool (req/s) | ChatClient sharded (req/s) "
+                  "| whole pipeline (items/s) |\n|---|---|---|---|")  # fmt: skip
+            for conc in args.conc:
+                a = anyio.run(bare_httpx, url, raw, args.items, conc)
+                b = anyio.run(sharded, url, body, args.items, conc)
+                c = pipeline_rate(url, tmp / "images", tmp / "out", conc)
+                print(f"| {conc} | {a:.0f} | {b:.0f} | {c:.0f} |", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    main()
