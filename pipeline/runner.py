@@ -25,12 +25,16 @@ from typing import Any
 
 import anyio
 import httpx
+import pyarrow as pa
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from .client import ChatClient
+from .collector import Collector
 from .config import Job, PromptConfig
 from .encode import EncodedImage, encode_image
 from .errors import InvalidImageError, OutputError, PermanentError, RetryableError
+from .journal import Journal
+from .journal import recover as recover_journal
 from .payload import build_body, item_key
 from .progress import Reporter, Tally
 from .retry import RetryPolicy, compute_backoff
@@ -84,11 +88,6 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-def _safe_text(s: str) -> str:
-    """File names that are not valid UTF-8 arrive with surrogate escapes; keep them printable."""
-    return s.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 class Runner:
     def __init__(
         self, job: Job, *, api_key: str | None, transport: httpx.AsyncBaseTransport | None = None
@@ -120,17 +119,22 @@ class Runner:
         lock = OutputLock(out)
         lock.acquire()
         try:
-            remove_stale_temps(out)
-            recover_compaction(out)
+            schema = schema_with_job(self.job.public_dict())
+            await anyio.to_thread.run_sync(_recover, out, schema)
             self.done = await anyio.to_thread.run_sync(load_done_keys, out)
             cache = open_hash_cache(out)
-            writer = PartWriter(out, self.run_id, schema_with_job(self.job.public_dict()))
+            writer = PartWriter(out, self.run_id, schema)
+            journal = Journal(out, self.run_id)
             reporter = Reporter(self.tally, enabled=self.job.run.progress)
             started = time.monotonic()
+            collector = Collector(
+                writer, journal, cache, self.tally, reporter, self.job.run.flush_interval
+            )
             try:
-                await self._pipeline(cache, writer, reporter)
+                await self._pipeline(cache, collector)
             finally:
                 reporter.close()
+                journal.close()
                 await anyio.to_thread.run_sync(cache.close)
             wall = time.monotonic() - started
             merged = await anyio.to_thread.run_sync(
@@ -141,7 +145,7 @@ class Runner:
         finally:
             lock.release()
 
-    async def _pipeline(self, cache: HashCache, writer: PartWriter, reporter: Reporter) -> None:
+    async def _pipeline(self, cache: HashCache, collector: Collector) -> None:
         n = self.job.run.concurrency
         files_tx, files_rx = anyio.create_memory_object_stream[tuple[ImageFile, str | None]](
             WALK_BATCH
@@ -160,7 +164,7 @@ class Runner:
                     )
                 for _ in range(n):
                     tg.start_soon(self._request, client, items_rx.clone(), rows_tx.clone())
-                tg.start_soon(self._sink, rows_rx, writer, cache, reporter)
+                tg.start_soon(collector.run, rows_rx)
                 for stream in (files_rx, items_tx, items_rx, rows_tx):
                     stream.close()
         finally:
@@ -328,7 +332,7 @@ class Runner:
     ) -> Row:
         return {
             "key": key,
-            "image_path": _safe_text(relpath),
+            "image_path": relpath,
             "image_sha256": sha,
             "prompt_name": prompt.name,
             "model": self.job.endpoint.model,
@@ -340,34 +344,12 @@ class Runner:
             **fields,
         }
 
-    # --- stage 4: sink ------------------------------------------------------------------
 
-    async def _sink(
-        self, rx: ObjectReceiveStream[Row], writer: PartWriter, cache: HashCache, rep: Reporter
-    ) -> None:
-        interval = self.job.run.flush_interval
-
-        async def flush() -> None:
-            rows = writer.take()
-            await anyio.to_thread.run_sync(_flush, writer, rows, cache)
-
-        last = time.monotonic()
-        async with rx:
-            while True:
-                wait = max(0.0, last + interval - time.monotonic())
-                with anyio.move_on_after(min(wait, 1.0)):
-                    try:
-                        row = await rx.receive()
-                    except anyio.EndOfStream:
-                        break
-                    writer.add(row)
-                    self.tally.record(row)
-                rep.refresh()
-                if time.monotonic() - last >= interval:
-                    await flush()
-                    last = time.monotonic()
-        await flush()
-        rep.refresh()
+def _recover(out: Path, schema: pa.Schema) -> None:
+    """Undo what a crashed run left half-done: temp files, a compaction, the journal."""
+    remove_stale_temps(out)
+    recover_compaction(out)
+    recover_journal(out, schema)
 
 
 def _read(path: Path) -> bytes:
@@ -380,8 +362,3 @@ def _read(path: Path) -> bytes:
         raise InvalidImageError("permission denied reading the file") from None
     except OSError as exc:
         raise InvalidImageError(f"cannot read file: {exc.strerror or exc}") from None
-
-
-def _flush(writer: PartWriter, rows: list[Row], cache: HashCache) -> None:
-    writer.write(rows)
-    cache.flush()

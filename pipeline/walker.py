@@ -22,9 +22,20 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class ImageFile:
     path: Path  # absolute path
-    relpath: str  # relative to the input root, POSIX separators
+    relpath: str  # relative to the input root, POSIX separators, always valid UTF-8
     size: int  # bytes; -1 when stat failed (the encoder reports why)
     mtime_ns: int
+
+
+def printable(name: str) -> str:
+    """A file name that is not valid UTF-8 arrives with surrogate escapes (PEP 383); spell those
+    bytes as ``\\xNN`` so the name can be stored, sent and printed."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        raw = os.fsencode(name)
+        return raw.decode("utf-8", "backslashreplace")
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
@@ -47,7 +58,7 @@ def walk_images(root: Path, patterns: tuple[str, ...]) -> Iterator[ImageFile]:
             continue
         name = names.pop()
         full = os.path.join(folder, name)
-        rel = f"{prefix}{name}"
+        rel = f"{prefix}{printable(name)}"
         try:
             info = os.stat(full)  # follows symlinks
         except OSError:

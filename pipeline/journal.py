@@ -1,0 +1,132 @@
+"""The journal: every result row, durable within moments, before it reaches Parquet.
+
+Rows are appended as JSON lines to ``_caption_journal-<run_id>-<seq>.jsonl`` and fsynced in
+groups (one fsync per batch that arrived while the previous one was being written). Segment
+``seq`` holds exactly the rows of part file ``part-<run_id>-<seq>.parquet``; once that part is
+renamed into place the segment is deleted. At the next start, ``recover`` turns any segment
+whose part never landed into that part file, so a SIGKILL loses only requests in flight.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+
+from .schema import rows_to_table
+from .sink import fsync_dir, write_atomic
+
+log = logging.getLogger(__name__)
+
+PREFIX = "_caption_journal-"
+_NAME = re.compile(r"^_caption_journal-(?P<run>.+)-(?P<seq>\d{5})\.jsonl$")
+_TIME_FIELDS = ("started_at", "finished_at")
+
+
+def segment_name(run_id: str, seq: int) -> str:
+    return f"{PREFIX}{run_id}-{seq:05d}.jsonl"
+
+
+def _encode(row: dict[str, Any]) -> str:
+    out = {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in row.items()}
+    return json.dumps(out, ensure_ascii=False)
+
+
+def _decode(line: str) -> dict[str, Any]:
+    row: dict[str, Any] = json.loads(line)
+    for name in _TIME_FIELDS:
+        if isinstance(row.get(name), str):
+            row[name] = dt.datetime.fromisoformat(row[name])
+    return row
+
+
+class Journal:
+    """Appends rows to the current segment; ``rotate`` starts the next one. Thread-safe."""
+
+    def __init__(self, folder: Path, run_id: str) -> None:
+        self.folder = folder
+        self.run_id = run_id
+        self.seq = 1
+        self._fh: IO[str] | None = None
+        self._lock = threading.Lock()
+
+    def path(self, seq: int) -> Path:
+        return self.folder / segment_name(self.run_id, seq)
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Write and fsync ``rows`` to the current segment (blocking; call from a thread)."""
+        if not rows:
+            return
+        with self._lock:
+            if self._fh is None:
+                self._fh = open(self.path(self.seq), "a", encoding="utf-8")  # noqa: SIM115
+                os.chmod(self.path(self.seq), 0o644)
+                fsync_dir(self.folder)
+            self._fh.write("".join(_encode(r) + "\n" for r in rows))
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def rotate(self) -> int:
+        """Close the current segment and return its number; later rows go to the next one."""
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+            done, self.seq = self.seq, self.seq + 1
+            return done
+
+    def discard(self, seq: int) -> None:
+        """Delete segment ``seq`` once its part file is durable."""
+        self.path(seq).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+
+def read_segment(path: Path) -> list[dict[str, Any]]:
+    """The rows of one segment; a torn last line (crash mid-write) is dropped."""
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break  # torn write: never fsynced, never acknowledged
+            try:
+                rows.append(_decode(line))
+            except (ValueError, TypeError):
+                log.warning("skipping an unreadable journal line in %s", path.name)
+    return rows
+
+
+def recover(folder: Path, schema: pa.Schema) -> int:
+    """Fold leftover journal segments into part files (call while holding the lock).
+
+    Returns the number of rows recovered. A segment whose part already landed is deleted.
+    """
+    recovered = 0
+    for seg in sorted(folder.glob(f"{PREFIX}*.jsonl")):
+        m = _NAME.match(seg.name)
+        if m is None:
+            continue
+        run_id, seq = m["run"], int(m["seq"])
+        part = folder / f"part-{run_id}-{seq:05d}.parquet"
+        merged = folder / f"part-{run_id}-all.parquet"
+        if not part.exists() and not merged.exists():
+            rows = read_segment(seg)
+            if rows:
+                write_atomic(rows_to_table(rows, schema), part)
+                recovered += len(rows)
+        seg.unlink()
+    if recovered:
+        fsync_dir(folder)
+        log.info("recovered %d result rows from the journal of an interrupted run", recovered)
+    return recovered
