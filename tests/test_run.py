@@ -191,7 +191,7 @@ class TestFailures:
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_finishes(tmp_path: Path) -> None:
-    """SIGKILL mid-run: the rerun completes, no key has two ok rows, only in-flight work is redone."""
+    """SIGKILL mid-run: the rerun finishes, no key has two ok rows, only in-flight work redone."""
     n, conc, latency, interval = 240, 8, 0.1, 60.0  # no part file lands: the journal must hold
     root = tmp_path / "images"
     make_images(root, n, size=(48, 32))
