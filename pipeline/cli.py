@@ -2,7 +2,8 @@
 
 Exit codes: 0 no item failed in this run (invalid inputs do not count), 1 some items failed
 permanently, 2 usage or configuration error, 75 (EX_TEMPFAIL) the output is in use by
-another run.
+another run or the server stayed unreachable longer than max_outage, 130/143 stopped by
+SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,6 +83,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backoff-initial", type=float, metavar="S", help="first retry wait cap (0.5)")
     g.add_argument("--backoff-max", type=float, metavar="S", help="longest retry wait (30)")
     g.add_argument("--retry-after-max", type=float, metavar="S", help="cap on Retry-After (60)")
+    g.add_argument(
+        "--max-outage", type=float, metavar="S", help="give up after the server is away S s (1800)"
+    )
+    g.add_argument(
+        "--grace-period", type=float, metavar="S", help="after Ctrl-C, let requests finish (30)"
+    )
     g.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -126,6 +134,8 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         backoff_max=args.backoff_max,
         retry_after_max=args.retry_after_max,
         extra=args.extra,
+        max_outage=args.max_outage,
+        grace_period=args.grace_period,
     )
 
 
@@ -137,7 +147,7 @@ async def execute(job: Job) -> RunResult:
         "endpoint %s serves %s (max_model_len %s); input %s; output %s",
         job.endpoint.url, job.endpoint.model, info.max_model_len, job.input.root, job.run.output,
     )  # fmt: skip
-    return await Runner(job, api_key=api_key).run()
+    return await Runner(job, api_key=api_key, handle_signals=True).run()
 
 
 def run_job(job: Job) -> int:
@@ -145,6 +155,12 @@ def run_job(job: Job) -> int:
     with logging_redirect_tqdm():
         result = anyio.run(execute, job)
     print(format_summary(result.tally, result.wall_s, str(result.output), job.run.concurrency))
+    if result.stop_reason is not None:
+        again = shlex.join(["caption", *sys.argv[1:]]) if sys.argv[1:] else "the same command"
+        print(
+            f"caption: {result.stop_reason}; everything received is saved. To resume, run {again}",
+            file=sys.stderr,
+        )
     return result.exit_code
 
 

@@ -15,8 +15,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx
 
+from .breaker import OUTAGE_STATUS
 from .config import DEFAULT_API_KEY_ENVS, EndpointConfig
 from .errors import ConfigError, PermanentError, RetryableError
 from .retry import is_retryable_status, parse_retry_after
@@ -122,6 +124,7 @@ class ChatClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = endpoint.url + "/chat/completions"
+        self.deadline = endpoint.timeout + endpoint.connect_timeout
         headers = {"content-type": "application/json", "accept": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
@@ -144,11 +147,24 @@ class ChatClient:
         content = json.dumps(body, ensure_ascii=False).encode("utf-8")
         client = next(self._next)
         try:
-            response = await client.post(self.url, content=content)
+            # httpx's read timeout restarts with every chunk; a slow drip must not hold a
+            # worker for ever, so the whole exchange also has a deadline.
+            with anyio.fail_after(self.deadline):
+                response = await client.post(self.url, content=content)
+        except TimeoutError:
+            raise RetryableError(
+                f"timeout: no complete answer within {self.deadline:.0f}s"
+            ) from None
+        except httpx.ConnectTimeout:
+            raise RetryableError("timeout: could not connect", outage=True) from None
         except httpx.TimeoutException as exc:
             raise RetryableError(f"timeout: {type(exc).__name__}") from None
+        except httpx.ConnectError as exc:
+            raise RetryableError(f"cannot connect: {exc}", certain=True) from None
         except httpx.TransportError as exc:
-            raise RetryableError(f"connection error: {type(exc).__name__}: {exc}") from None
+            raise RetryableError(
+                f"connection error: {type(exc).__name__}: {exc}", outage=True
+            ) from None
         if response.status_code == 200:
             return parse_completion(response)
         message = f"HTTP {response.status_code}: {server_message(response)}"
@@ -157,6 +173,7 @@ class ChatClient:
                 message,
                 status=response.status_code,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
+                outage=response.status_code in OUTAGE_STATUS,
             )
         raise PermanentError(message, status=response.status_code)
 

@@ -69,6 +69,8 @@ class RunConfig:
     backoff_max: float = 30.0
     retry_after_max: float = 60.0
     progress: bool = True
+    max_outage: float = 1800.0  # seconds the server may stay unreachable before the run stops
+    grace_period: float = 30.0  # seconds in-flight requests get to finish after SIGINT/SIGTERM
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "backoff_max": _NUM,
         "retry_after_max": _NUM,
         "progress": (bool,),
+        "max_outage": _NUM,
+        "grace_period": _NUM,
     },
 }
 
@@ -223,6 +227,8 @@ class Overrides:
     backoff_max: float | None = None
     retry_after_max: float | None = None
     extra: Mapping[str, Any] | None = None  # merged into every prompt's extra
+    max_outage: float | None = None
+    grace_period: float | None = None
 
 
 def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
@@ -244,6 +250,8 @@ def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
     put("run", "backoff_initial", ov.backoff_initial)
     put("run", "backoff_max", ov.backoff_max)
     put("run", "retry_after_max", ov.retry_after_max)
+    put("run", "max_outage", ov.max_outage)
+    put("run", "grace_period", ov.grace_period)
     put("input", "root", None if ov.input is None else str(Path(ov.input).resolve()))
     put("run", "output", None if ov.output is None else str(Path(ov.output).resolve()))
     put("run", "concurrency", ov.concurrency)
@@ -376,7 +384,11 @@ def build_job(raw: Mapping[str, Any]) -> Job:
         backoff_max=float(rn.get("backoff_max", d.backoff_max)),
         retry_after_max=float(rn.get("retry_after_max", d.retry_after_max)),
         progress=rn.get("progress", True),
+        max_outage=float(rn.get("max_outage", d.max_outage)),
+        grace_period=float(rn.get("grace_period", d.grace_period)),
     )
+    if run.max_outage < 0 or run.grace_period < 0:
+        raise ConfigError("max_outage and grace_period must be >= 0 seconds")
     if run.concurrency < 1:
         raise ConfigError(f"concurrency must be at least 1, got {run.concurrency}")
     if run.retries < 0:

@@ -9,9 +9,11 @@
     │   ├── InvalidImageError         the input file is not a usable image (status ``invalid``)
     │   └── RequestError              the server did not give a usable answer
     │       ├── RetryableError        worth another attempt (timeouts, resets, 408/429/5xx,
-    │       │                         malformed 200 answers); carries ``retry_after``
+    │       │                         malformed 200 answers); carries ``retry_after`` and
+    │       │                         whether it looks like a server outage
     │       └── PermanentError        not worth another attempt (other 4xx); keeps the
     │                                 server's message
+    ├── OutageError                   the server stayed away longer than max_outage (exit 75)
     └── OutputError                   the output directory cannot be used (exit code 2)
         └── OutputBusyError           another run holds the output's lock (exit code 75)
 
@@ -57,10 +59,22 @@ class RetryableError(RequestError):
     """A failure that another attempt may fix."""
 
     def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        outage: bool = False,
+        certain: bool = False,
     ) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
+        self.outage = outage or certain  # looks like the server is away, not this item's fault
+        self.certain = certain  # connection refused: the server is surely down
+
+
+class OutageError(CaptionError):
+    """The server stayed unreachable longer than ``max_outage``; the run stopped (exit 75)."""
 
 
 class PermanentError(RequestError):

@@ -36,6 +36,8 @@ class Tally:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     walk_done: bool = False
+    outages: int = 0
+    truncated: int = 0  # ok answers cut at max_tokens (finish_reason "length")
     latencies: array[float] = field(default_factory=lambda: array("d"))
     started: float = field(default_factory=time.monotonic)
 
@@ -47,6 +49,8 @@ class Tally:
         status = row["status"]
         if status == STATUS_OK:
             self.ok += 1
+            if row.get("finish_reason") == "length":
+                self.truncated += 1
             if row.get("latency_s") is not None:
                 self.latencies.append(row["latency_s"])
         elif status == STATUS_FAILED:
@@ -79,8 +83,10 @@ def format_summary(t: Tally, wall_s: float, output: str, concurrency: int) -> st
         f"  items      {t.done} this run: {t.ok} ok, {t.failed} failed, {t.invalid} invalid"
         f"; {t.skipped} already done (skipped); {t.images} image files",
         f"  wall time  {wall_s:.1f}s, {rate:.2f} items/s at concurrency {concurrency}",
-        f"  latency    {lat} ({t.requests} requests sent)",
-        f"  tokens     {t.prompt_tokens:,} prompt + {t.completion_tokens:,} completion",
+        f"  latency    {lat} ({t.requests} requests sent)"
+        + (f"; {t.outages} server outage(s) waited out" if t.outages else ""),
+        f"  tokens     {t.prompt_tokens:,} prompt + {t.completion_tokens:,} completion"
+        + (f"; {t.truncated} answers cut at max_tokens" if t.truncated else ""),
         f"  output     {output}",
     ]
     return "\n".join(lines)

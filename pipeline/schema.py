@@ -28,6 +28,7 @@ SCHEMA = pa.schema(
         pa.field("http_status", pa.int16()),
         pa.field("prompt_tokens", pa.int32()),
         pa.field("completion_tokens", pa.int32()),
+        pa.field("response_model", pa.string()),
         pa.field("attempts", pa.int16(), nullable=False),
         pa.field("queue_wait_s", pa.float64()),
         pa.field("encode_s", pa.float64()),

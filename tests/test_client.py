@@ -257,11 +257,11 @@ class TestChatClient:
     @pytest.mark.parametrize(
         ("exc_type", "match"),
         [
-            (httpx.ConnectError, "connection error: ConnectError"),
+            (httpx.ConnectError, "cannot connect: boom"),
             (httpx.ReadError, "connection error: ReadError"),
             (httpx.RemoteProtocolError, "connection error: RemoteProtocolError"),
             (httpx.ReadTimeout, "timeout: ReadTimeout"),
-            (httpx.ConnectTimeout, "timeout: ConnectTimeout"),
+            (httpx.ConnectTimeout, "timeout: could not connect"),
             (httpx.WriteTimeout, "timeout: WriteTimeout"),
         ],
     )

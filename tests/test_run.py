@@ -246,13 +246,13 @@ class TestOutputFolder:
     def test_noop_rerun_reads_no_image(self, sim: SimServer, images: list[Path], tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
         """A rerun over unchanged images opens none of them (size+mtime -> sha256 cache)."""
-        import pipeline.runner as runner
+        import pipeline.feed as feed
 
         out, root = tmp_path / "out", images[0].parent.parent
         assert run_cli(sim, root, out) == 0
         reads: list[Path] = []
-        real = runner._read
-        monkeypatch.setattr(runner, "_read", lambda p: reads.append(p) or real(p))
+        real = feed.read_file
+        monkeypatch.setattr(feed, "read_file", lambda p: reads.append(p) or real(p))
         assert run_cli(sim, root, out) == 0
         assert reads == []
         images[0].write_bytes(images[1].read_bytes())  # changed content: read and redone

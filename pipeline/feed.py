@@ -1,0 +1,160 @@
+"""The feeding stages: input folder -> (walk) -> files -> (prepare) -> encoded request items.
+
+The walk lists the tree in a worker thread, a batch at a time, and looks each file up in the
+hash cache. ``prepare`` works out each file's items (image x prompt) and their keys, skips the
+ones already done without reading the file when its size and mtime are unchanged, and
+otherwise reads, hashes and encodes it in a thread. Unreadable or undecodable files become
+``invalid`` rows here and never reach the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from .config import Job
+from .encode import encode_image
+from .errors import InvalidImageError
+from .items import Pending, RequestItem, Row, RowMaker
+from .payload import item_key
+from .progress import Tally
+from .schema import STATUS_INVALID, utc_now
+from .state import HashCache
+from .templates import render
+from .walker import ImageFile, walk_images
+
+WALK_BATCH = 256
+FileEntry = tuple[ImageFile, str | None]  # a file and its cached sha256, if still valid
+
+
+def read_file(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        raise InvalidImageError("file disappeared before it could be read") from None
+    except PermissionError:
+        raise InvalidImageError("permission denied reading the file") from None
+    except IsADirectoryError:
+        raise InvalidImageError("is a folder, not a file") from None
+    except OSError as exc:
+        raise InvalidImageError(f"cannot read file: {exc.strerror or exc}") from None
+
+
+class Feed:
+    def __init__(
+        self,
+        job: Job,
+        cache: HashCache,
+        done: set[str],
+        tally: Tally,
+        make_row: RowMaker,
+        cpu: anyio.CapacityLimiter,
+    ) -> None:
+        self.job = job
+        self.cache = cache
+        self.done = done
+        self.tally = tally
+        self.make_row = make_row
+        self.cpu = cpu
+
+    async def walk(self, tx: ObjectSendStream[FileEntry]) -> None:
+        files: Iterator[ImageFile] = walk_images(self.job.input.root, self.job.input.patterns)
+        cache = self.cache
+
+        def next_batch() -> list[FileEntry]:
+            batch = list(itertools.islice(files, WALK_BATCH))
+            return [(f, cache.lookup(f.relpath, f.size, f.mtime_ns)) for f in batch]
+
+        async with tx:
+            while batch := await anyio.to_thread.run_sync(next_batch):
+                for entry in batch:
+                    self.tally.images += 1
+                    await tx.send(entry)
+        self.tally.walk_done = True
+
+    def pending(self, f: ImageFile, sha: str) -> list[Pending]:
+        """Every (image, prompt) item of ``f`` with its key."""
+        out = []
+        for prompt in self.job.prompts:
+            text = render(prompt.text, f.relpath)
+            key = item_key(
+                image_sha256=sha,
+                relpath=f.relpath,
+                model=self.job.endpoint.model,
+                prompt=prompt,
+                text=text,
+                image=self.job.image,
+            )
+            out.append(Pending(key, prompt, text))
+        return out
+
+    def _todo(self, f: ImageFile, sha: str) -> list[Pending]:
+        return [p for p in self.pending(f, sha) if p.key not in self.done]
+
+    async def prepare(
+        self,
+        rx: ObjectReceiveStream[FileEntry],
+        tx: ObjectSendStream[RequestItem],
+        rows: ObjectSendStream[Row],
+    ) -> None:
+        n_prompts = len(self.job.prompts)
+        async with rx, tx, rows:
+            async for f, cached_sha in rx:
+                todo: list[Pending] = []
+                if cached_sha is not None:
+                    todo = self._todo(f, cached_sha)
+                    if not todo:
+                        self.tally.skipped += n_prompts
+                        continue
+                try:
+                    raw = await anyio.to_thread.run_sync(read_file, f.path, limiter=self.cpu)
+                except InvalidImageError as exc:
+                    await self._invalid(rows, f, None, self.pending(f, ""), str(exc))
+                    continue
+                sha = hashlib.sha256(raw).hexdigest()
+                self.cache.remember(f.relpath, f.size, f.mtime_ns, sha)
+                if sha != cached_sha:
+                    todo = self._todo(f, sha)
+                self.tally.skipped += n_prompts - len(todo)
+                if not todo:
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    image = await anyio.to_thread.run_sync(
+                        encode_image, raw, self.job.image, limiter=self.cpu
+                    )
+                except InvalidImageError as exc:
+                    await self._invalid(rows, f, sha, todo, str(exc))
+                    continue
+                encode_s = time.perf_counter() - t0
+                del raw
+                self.tally.discovered += len(todo)
+                for p in todo:
+                    item = RequestItem(
+                        p.key, f.relpath, sha, p.prompt, p.text, image, encode_s,
+                        time.perf_counter(),
+                    )  # fmt: skip
+                    await tx.send(item)
+
+    async def _invalid(
+        self,
+        rows: ObjectSendStream[Row],
+        f: ImageFile,
+        sha: str | None,
+        items: list[Pending],
+        error: str,
+    ) -> None:
+        self.tally.discovered += len(items)
+        now = utc_now()
+        for p in items:
+            row = self.make_row(
+                p.key, f.relpath, sha, p.prompt, STATUS_INVALID, now, now, error=error, attempts=0
+            )
+            await rows.send(row)

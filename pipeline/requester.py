@@ -1,0 +1,104 @@
+"""The request stage: one encoded item -> one result row, with retries and the breaker.
+
+Retryable failures are retried with backoff up to the policy's attempts. Failures that look
+like a server outage open the shared circuit breaker; while it is open the item waits and the
+failed attempt is not counted. A finished row is handed on even if the run is being stopped
+(the send is shielded), so an answer that arrived is never thrown away.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from .breaker import Breaker
+from .client import ChatClient
+from .errors import PermanentError, RetryableError
+from .items import RequestItem, Row, RowMaker
+from .payload import build_body
+from .retry import RetryPolicy, compute_backoff
+from .schema import STATUS_FAILED, STATUS_OK, utc_now
+
+log = logging.getLogger(__name__)
+
+
+class Requester:
+    def __init__(
+        self,
+        client: ChatClient,
+        policy: RetryPolicy,
+        breaker: Breaker,
+        make_row: RowMaker,
+        model: str,
+    ) -> None:
+        self.client = client
+        self.policy = policy
+        self.breaker = breaker
+        self.make_row = make_row
+        self.model = model
+        self.stopping = False
+        self.other_models: set[str] = set()
+
+    async def worker(
+        self, rx: ObjectReceiveStream[RequestItem], rows: ObjectSendStream[Row]
+    ) -> None:
+        async with rx, rows:
+            async for item in rx:
+                if self.stopping:
+                    break
+                row = await self.caption(item)
+                with anyio.CancelScope(shield=True):
+                    await rows.send(row)
+
+    async def caption(self, item: RequestItem) -> Row:
+        queue_wait = time.perf_counter() - item.ready_at
+        started = utc_now()
+        body = build_body(self.model, item.prompt, item.text, item.image.data_uri)
+        common = {
+            "queue_wait_s": queue_wait,
+            "encode_s": item.encode_s,
+            "width": item.image.width,
+            "height": item.image.height,
+        }
+        attempt = 0
+        while True:
+            await self.breaker.wait()
+            attempt += 1
+            t0 = time.perf_counter()
+            try:
+                c = await self.client.complete(body)
+            except RetryableError as exc:
+                latency = time.perf_counter() - t0
+                if exc.outage and self.breaker.failure(certain=exc.certain):
+                    attempt -= 1  # the server is away: not this item's fault, wait for it
+                    continue
+                if attempt >= self.policy.attempts:
+                    return self.make_row(
+                        item.key, item.relpath, item.sha256, item.prompt, STATUS_FAILED, started,
+                        utc_now(), error=f"{exc} (gave up after {attempt} attempts)",
+                        http_status=exc.status, attempts=attempt, latency_s=latency, **common,
+                    )  # fmt: skip
+                delay = compute_backoff(self.policy, attempt, exc.retry_after)
+                log.debug("retrying %s in %.2fs after: %s", item.relpath, delay, exc)
+                await anyio.sleep(delay)
+                continue
+            except PermanentError as exc:
+                return self.make_row(
+                    item.key, item.relpath, item.sha256, item.prompt, STATUS_FAILED, started,
+                    utc_now(), error=str(exc), http_status=exc.status, attempts=attempt,
+                    latency_s=time.perf_counter() - t0, **common,
+                )  # fmt: skip
+            self.breaker.success()
+            if c.model and c.model != self.model and c.model not in self.other_models:
+                self.other_models.add(c.model)
+                log.warning("the server answered as model %r, not %r", c.model, self.model)
+            return self.make_row(
+                item.key, item.relpath, item.sha256, item.prompt, STATUS_OK, started, utc_now(),
+                caption=c.caption, finish_reason=c.finish_reason, http_status=c.status,
+                prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                attempts=attempt, latency_s=time.perf_counter() - t0,
+                response_model=c.model, **common,
+            )  # fmt: skip
