@@ -57,12 +57,17 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key")
     g.add_argument("--timeout", type=float, metavar="S", help="seconds to wait for one answer")
     g.add_argument("--connect-timeout", type=float, metavar="S", help="seconds to connect (10)")
+    g.add_argument("--api-key-file", metavar="FILE", help="read the API key from this file")
+    g.add_argument(
+        "--insecure", action="store_true", help="do not verify the server's TLS certificate"
+    )
     g = p.add_argument_group("input and output")
     g.add_argument("--input", metavar="DIR", help="folder of images (walked recursively)")
     g.add_argument("--output", metavar="DIR", help="Parquet dataset folder (created)")
     g.add_argument("--pattern", action="append", metavar="GLOB", help="file-name glob (repeatable)")
     g.add_argument("--max-side", type=int, metavar="PX", help="longest image side sent (896)")
     g.add_argument("--jpeg-quality", type=int, metavar="Q", help="JPEG quality sent (90)")
+    g.add_argument("--max-pixels", type=int, metavar="N", help="refuse larger images (179M)")
     g = p.add_argument_group("prompt (replaces the job's prompts / overrides their settings)")
     g.add_argument("--prompt-file", metavar="FILE", help="prompt text from a file")
     g.add_argument("--prompt", metavar="TEXT", help="prompt text")
@@ -136,6 +141,9 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         extra=args.extra,
         max_outage=args.max_outage,
         grace_period=args.grace_period,
+        api_key_file=args.api_key_file,
+        insecure=args.insecure,
+        max_pixels=args.max_pixels,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,18 @@ class Completion:
 
 
 def resolve_api_key(endpoint: EndpointConfig) -> str | None:
-    """The API key from the environment: the named variable, else VLLM_API_KEY/OPENAI_API_KEY."""
+    """The API key: from ``api_key_file``, the named env var, else VLLM_API_KEY/OPENAI_API_KEY.
+
+    Never from a flag (it would show in ``ps``); never logged or stored.
+    """
+    if endpoint.api_key_file is not None:
+        try:
+            key = endpoint.api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read api_key_file {endpoint.api_key_file}: {exc}") from None
+        if not key:
+            raise ConfigError(f"api_key_file {endpoint.api_key_file} is empty")
+        return key
     if endpoint.api_key_env:
         value = os.environ.get(endpoint.api_key_env)
         if not value:
@@ -53,6 +65,14 @@ def resolve_api_key(endpoint: EndpointConfig) -> str | None:
     return None
 
 
+_DATA_URI = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]{16,}")
+
+
+def scrub(text: str) -> str:
+    """Remove base64 image data from a message before it is logged or stored."""
+    return _DATA_URI.sub("data:...;base64,<removed>", text)
+
+
 def server_message(response: httpx.Response) -> str:
     """The ``error.message`` of an OpenAI/vLLM error body, else the start of the body text."""
     try:
@@ -63,7 +83,7 @@ def server_message(response: httpx.Response) -> str:
     except (ValueError, KeyError, TypeError):
         pass
     text = response.text.strip()
-    return text[:500] if text else response.reason_phrase
+    return scrub(text)[:500] if text else response.reason_phrase
 
 
 def parse_completion(response: httpx.Response) -> Completion:
@@ -137,6 +157,7 @@ class ChatClient:
                 limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
                 transport=transport,
                 follow_redirects=False,
+                verify=not endpoint.insecure,
             )
             for _ in range(shards)
         ]

@@ -33,6 +33,8 @@ class EndpointConfig:
     api_key_env: str | None = None  # None: VLLM_API_KEY, then OPENAI_API_KEY
     timeout: float = 600.0  # seconds to wait for an answer (read timeout)
     connect_timeout: float = 10.0
+    api_key_file: Path | None = None  # or: read the key from this file
+    insecure: bool = False  # skip TLS certificate verification
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,7 @@ class InputConfig:
 class ImageConfig:
     max_side: int = 896  # Gemma 3's vision input is 896 x 896
     jpeg_quality: int = 90
+    max_pixels: int = 178_956_970  # larger images are refused (decompression-bomb guard)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +109,13 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "url": (str,),
         "model": (str,),
         "api_key_env": (str,),
+        "api_key_file": (str,),
+        "insecure": (bool,),
         "timeout": _NUM,
         "connect_timeout": _NUM,
     },
     "input": {"root": (str,), "patterns": (list,)},
-    "image": {"max_side": (int,), "jpeg_quality": (int,)},
+    "image": {"max_side": (int,), "jpeg_quality": (int,), "max_pixels": (int,)},
     "prompt": {
         "name": (str,),
         "system": (str,),
@@ -190,6 +195,8 @@ def read_job_file(path: Path) -> dict[str, Any]:
 
     if "root" in raw.get("input", {}):
         raw["input"]["root"] = absolute(raw["input"]["root"])
+    if "api_key_file" in raw.get("endpoint", {}):
+        raw["endpoint"]["api_key_file"] = absolute(raw["endpoint"]["api_key_file"])
     if "output" in raw.get("run", {}):
         raw["run"]["output"] = absolute(raw["run"]["output"])
     for table in raw.get("prompt", []):
@@ -229,6 +236,9 @@ class Overrides:
     extra: Mapping[str, Any] | None = None  # merged into every prompt's extra
     max_outage: float | None = None
     grace_period: float | None = None
+    api_key_file: str | None = None
+    insecure: bool = False
+    max_pixels: int | None = None
 
 
 def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
@@ -245,6 +255,14 @@ def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
     put("endpoint", "api_key_env", ov.api_key_env)
     put("endpoint", "timeout", ov.timeout)
     put("endpoint", "connect_timeout", ov.connect_timeout)
+    put(
+        "endpoint",
+        "api_key_file",
+        None if ov.api_key_file is None else str(Path(ov.api_key_file).resolve()),
+    )
+    if ov.insecure:
+        put("endpoint", "insecure", True)
+    put("image", "max_pixels", ov.max_pixels)
     put("input", "patterns", None if ov.patterns is None else list(ov.patterns))
     put("image", "jpeg_quality", ov.jpeg_quality)
     put("run", "backoff_initial", ov.backoff_initial)
@@ -341,6 +359,8 @@ def build_job(raw: Mapping[str, Any]) -> Job:
         url=str(ep.get("url", de.url)).rstrip("/"),
         model=ep.get("model", de.model),
         api_key_env=ep.get("api_key_env"),
+        api_key_file=Path(ep["api_key_file"]) if "api_key_file" in ep else None,
+        insecure=ep.get("insecure", False),
         timeout=float(ep.get("timeout", de.timeout)),
         connect_timeout=float(ep.get("connect_timeout", de.connect_timeout)),
     )
@@ -361,7 +381,14 @@ def build_job(raw: Mapping[str, Any]) -> Job:
     if not patterns or not all(isinstance(p, str) and p for p in patterns):
         raise ConfigError("[input] patterns must be a non-empty list of glob strings")
     im = raw.get("image", {})
-    image = ImageConfig(max_side=im.get("max_side", 896), jpeg_quality=im.get("jpeg_quality", 90))
+    di = ImageConfig()
+    image = ImageConfig(
+        max_side=im.get("max_side", di.max_side),
+        jpeg_quality=im.get("jpeg_quality", di.jpeg_quality),
+        max_pixels=im.get("max_pixels", di.max_pixels),
+    )
+    if image.max_pixels < 1:
+        raise ConfigError(f"image max_pixels must be >= 1, got {image.max_pixels}")
     if image.max_side < 16:
         raise ConfigError(f"image max_side must be >= 16 pixels, got {image.max_side}")
     if not 1 <= image.jpeg_quality <= 100:

@@ -18,9 +18,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .config import ImageConfig
 from .errors import InvalidImageError
 
-# We refuse images above this many pixels ourselves, after reading only the header, so
-# Pillow's own global bomb check (a warning at ~89 MP, an error at ~179 MP) is switched off.
-MAX_PIXELS = 178_956_970
+# We refuse images above ``ImageConfig.max_pixels`` ourselves, after reading only the header,
+# so Pillow's own global bomb check (a warning at ~89 MP, an error at ~179 MP) is switched off.
 Image.MAX_IMAGE_PIXELS = None
 
 
@@ -62,10 +61,10 @@ def encode_image(raw: bytes, cfg: ImageConfig) -> EncodedImage:
     try:
         opened = Image.open(io.BytesIO(raw))
         src_w, src_h = opened.size
-        if src_w * src_h > MAX_PIXELS:
+        if src_w * src_h > cfg.max_pixels:
             raise InvalidImageError(
                 f"image too large: {src_w}x{src_h} pixels is over the limit of "
-                f"{MAX_PIXELS:,} (decompression bomb guard)"
+                f"{cfg.max_pixels:,} ([image] max_pixels, a decompression-bomb guard)"
             )
         if opened.format == "JPEG":
             # Decode at 1/2, 1/4 or 1/8 scale while staying >= the final size.

@@ -64,7 +64,12 @@ async def preflight(
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     url = job.endpoint.url + "/models"
     timeout = httpx.Timeout(min(job.endpoint.timeout, 30.0), connect=job.endpoint.connect_timeout)
-    async with httpx.AsyncClient(timeout=timeout, headers=headers, transport=transport) as client:
+    async with httpx.AsyncClient(
+        timeout=timeout,
+        headers=headers,
+        transport=transport,
+        verify=not job.endpoint.insecure,
+    ) as client:
         try:
             response = await client.get(url)
         except httpx.TransportError as exc:

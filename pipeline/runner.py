@@ -149,7 +149,12 @@ class Runner:
             self.job.endpoint, concurrency=n, api_key=self.api_key, transport=self.transport
         )
         headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        probe_client = httpx.AsyncClient(timeout=5.0, headers=headers, transport=self.transport)
+        probe_client = httpx.AsyncClient(
+            timeout=5.0,
+            headers=headers,
+            transport=self.transport,
+            verify=not self.job.endpoint.insecure,
+        )
         breaker = Breaker(
             http_probe(probe_client, health_url(self.job.endpoint.url)),
             max_outage=self.job.run.max_outage,

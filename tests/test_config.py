@@ -90,7 +90,9 @@ class TestLoadJob:
             "backoff_initial = 1\nbackoff_max = 9\nretry_after_max = 10\nprogress = false",
         )
         job = load_job(path, Overrides())
-        assert job.endpoint == EndpointConfig("https://gpu.example:8000/v1", "m", "K", 30.0, 2.5)
+        assert job.endpoint == EndpointConfig(
+            "https://gpu.example:8000/v1", "m", "K", timeout=30.0, connect_timeout=2.5
+        )
         assert job.input.patterns == ("*.png",)
         assert (job.image.max_side, job.image.jpeg_quality) == (512, 80)
         [p] = job.prompts
@@ -331,7 +333,7 @@ class TestUnknownKeys:
         message = str(info.value)
         assert "'zzzzzz'" in message
         assert "Did you mean" not in message
-        assert "jpeg_quality, max_side" in message
+        assert "jpeg_quality, max_pixels, max_side" in message
 
 
 class TestInvalid:
