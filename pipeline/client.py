@@ -79,7 +79,7 @@ def server_message(response: httpx.Response) -> str:
         data = response.json()
         message = data["error"]["message"]
         if isinstance(message, str):
-            return message
+            return scrub(message)[:2000]
     except (ValueError, KeyError, TypeError):
         pass
     text = response.text.strip()

@@ -93,8 +93,8 @@ class Runner:
         self.encoders = max(2, os.cpu_count() or 2)
         self.stop_reason: str | None = None
         self.stop_code: int | None = None
-        self._feed_scope = anyio.CancelScope()
-        self._work_scope = anyio.CancelScope()
+        self._feed_scope: anyio.CancelScope | None = None
+        self._work_scope: anyio.CancelScope | None = None
         self._requester: Requester | None = None
 
     # --- entry point --------------------------------------------------------------------
@@ -162,6 +162,8 @@ class Runner:
         )
         requester = Requester(client, self.policy, breaker, make_row, self.job.endpoint.model)
         self._requester = requester
+        self._feed_scope = anyio.CancelScope()
+        self._work_scope = anyio.CancelScope()
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(collector.run, rows_rx)
@@ -192,6 +194,7 @@ class Runner:
         items_tx: MemoryObjectSendStream[RequestItem],
         rows_tx: MemoryObjectSendStream[Row],
     ) -> None:
+        assert self._feed_scope is not None
         with self._feed_scope:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(feed.walk, files_tx)
@@ -207,9 +210,11 @@ class Runner:
         """Stop taking new work; cancel requests in flight after ``grace`` seconds."""
         if self.stop_reason is None:
             self.stop_reason, self.stop_code = reason, code
-        self._feed_scope.cancel()
         if self._requester is not None:
             self._requester.stopping = True
+        if self._feed_scope is None or self._work_scope is None:
+            return
+        self._feed_scope.cancel()
         if grace <= 0:
             self._work_scope.cancel()
         else:
@@ -233,7 +238,7 @@ class Runner:
                     self.stop(f"stopped by {name}", 128 + signum, grace)
                 else:
                     log.warning("%s again: stopping now", name)
-                    self._work_scope.cancel()
+                    self.stop(self.stop_reason, 128 + signum, 0)
 
 
 def _recover(out: Path, schema: pa.Schema) -> None:

@@ -1,0 +1,231 @@
+"""Edge cases of answers, configuration and secrets, end to end through the runner."""
+
+from __future__ import annotations
+
+import json
+import logging
+import stat
+from pathlib import Path
+
+import anyio
+import httpx
+import pyarrow.dataset as ds
+import pytest
+from helpers import make_images
+
+from pipeline.cli import main
+from pipeline.config import Overrides, load_job
+from pipeline.runner import Runner
+from pipeline.sim import SimConfig, SimServer
+
+SECRET = "sk-test-0123456789abcdef"
+
+
+def answer(
+    content: object, *, model: str = "gemma3-27b", reason: str = "stop"
+) -> dict[str, object]:
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": reason,
+            }
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
+    }
+
+
+def run_with(handler: httpx.MockTransport, root: Path, out: Path) -> list[dict[str, object]]:
+    job = load_job(
+        None,
+        Overrides(
+            endpoint="http://server.test/v1",
+            input=str(root),
+            output=str(out),
+            prompt="Describe.",
+            retries=3,
+            backoff_initial=0.01,
+            no_progress=True,
+        ),
+    )
+    anyio.run(Runner(job, api_key=None, transport=handler).run)
+    return ds.dataset(out, format="parquet").to_table().to_pylist()
+
+
+class TestAnswers:
+    def test_content_null_then_good_is_retried(self, tmp_path: Path) -> None:
+        """A 200 with content null is retried; the next good answer is kept."""
+        calls: list[int] = []
+
+        def handle(request: httpx.Request) -> httpx.Response:
+            calls.append(1)
+            return httpx.Response(200, json=answer(None if len(calls) == 1 else "a cat"))
+
+        rows = run_with(
+            httpx.MockTransport(handle), make_images(tmp_path / "i", 1)[0].parent, tmp_path / "o"
+        )
+        assert [(r["status"], r["caption"], r["attempts"]) for r in rows] == [("ok", "a cat", 2)]
+
+    def test_length_is_kept_and_flagged_other_model_recorded(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """finish_reason=length stays ok and is counted; an answer from another model is noted."""
+
+        def handle(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, json=answer("cut", model="other-model", reason="length"))
+
+        with caplog.at_level(logging.WARNING):
+            rows = run_with(
+                httpx.MockTransport(handle),
+                make_images(tmp_path / "i", 2)[0].parent.parent,
+                tmp_path / "o",
+            )
+        assert {(r["status"], r["finish_reason"], r["response_model"]) for r in rows} == {
+            ("ok", "length", "other-model")
+        }
+        assert any("other-model" in r.getMessage() for r in caplog.records)
+
+    def test_malformed_forever_fails_with_clear_error(self, tmp_path: Path) -> None:
+        """Truncated JSON on every attempt ends as a failed row saying why, not a crash."""
+
+        def handle(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, content=b'{"choices": [{"mess')
+
+        rows = run_with(
+            httpx.MockTransport(handle), make_images(tmp_path / "i", 1)[0].parent, tmp_path / "o"
+        )
+        assert rows[0]["status"] == "failed" and rows[0]["attempts"] == 4
+        assert "not valid JSON" in str(rows[0]["error"])
+
+
+class TestPreflight:
+    def test_unreachable_endpoint_is_exit_2_before_reading_images(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Nothing listening: exit 2 with a hint, and no output written."""
+        root = make_images(tmp_path / "i", 2)[0].parent
+        code = main(
+            [
+                "run",
+                "--endpoint",
+                "http://127.0.0.1:9/v1",
+                "--input",
+                str(root),
+                "--output",
+                str(tmp_path / "o"),
+                "--prompt",
+                "x",
+                "--connect-timeout",
+                "2",
+            ]
+        )
+        assert code == 2
+        assert "cannot reach" in capsys.readouterr().err
+        assert not (tmp_path / "o").exists()
+
+    def test_max_tokens_over_max_model_len_is_exit_2(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """max_tokens above the server's max_model_len is found before any request."""
+        root = make_images(tmp_path / "i", 2)[0].parent
+        with SimServer(SimConfig(max_model_len=2048)) as sim:
+            code = main(
+                [
+                    "run",
+                    "--endpoint",
+                    sim.base_url,
+                    "--input",
+                    str(root),
+                    "--output",
+                    str(tmp_path / "o"),
+                    "--prompt",
+                    "x",
+                    "--max-tokens",
+                    "4096",
+                ]
+            )
+            assert sim.stats()["requests"] == 0
+        assert code == 2
+        assert "max_model_len=2048" in capsys.readouterr().err
+
+    def test_unknown_model_lists_served_names(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A model the server does not serve: exit 2 naming the served models."""
+        root = make_images(tmp_path / "i", 1)[0].parent
+        with SimServer(SimConfig(model="gemma3-27b")) as sim:
+            code = main(
+                [
+                    "run",
+                    "--endpoint",
+                    sim.base_url,
+                    "--model",
+                    "gpt-4o",
+                    "--input",
+                    str(root),
+                    "--output",
+                    str(tmp_path / "o"),
+                    "--prompt",
+                    "x",
+                ]
+            )
+        assert code == 2
+        assert "it serves: gemma3-27b" in capsys.readouterr().err
+
+
+class TestSecrets:
+    def test_key_never_stored_or_logged_and_files_not_world_writable(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The API key (from a file) reaches the server but no output file, log or metadata."""
+        seen: list[str] = []
+
+        def handle(request: httpx.Request) -> httpx.Response:
+            seen.append(request.headers.get("authorization", ""))
+            if request.url.path.endswith("/models"):
+                return httpx.Response(
+                    200, json={"data": [{"id": "gemma3-27b", "max_model_len": 4096}]}
+                )
+            return httpx.Response(200, json=answer("ok"))
+
+        key_file = tmp_path / "key"
+        key_file.write_text(SECRET + "\n")
+        root = make_images(tmp_path / "i", 3)[0].parent
+        job = load_job(
+            None,
+            Overrides(
+                endpoint="http://server.test/v1",
+                input=str(root),
+                output=str(tmp_path / "o"),
+                prompt="x",
+                api_key_file=str(key_file),
+                no_progress=True,
+            ),
+        )
+        from pipeline.client import resolve_api_key
+
+        with caplog.at_level(logging.DEBUG):
+            anyio.run(
+                Runner(
+                    job,
+                    api_key=resolve_api_key(job.endpoint),
+                    transport=httpx.MockTransport(handle),
+                ).run
+            )
+        assert seen and all(h == f"Bearer {SECRET}" for h in seen)
+        for f in (tmp_path / "o").iterdir():
+            assert SECRET.encode() not in f.read_bytes(), f.name
+            assert not f.stat().st_mode & stat.S_IWOTH, f.name
+        assert SECRET not in caplog.text + json.dumps(job.public_dict())
+
+    def test_server_error_with_base64_is_scrubbed(self) -> None:
+        """A server message echoing a data URI is stored without the base64 payload."""
+        from pipeline.client import server_message
+
+        body = {"error": {"message": "bad image data:image/jpeg;base64," + "QUJD" * 100}}
+        msg = server_message(httpx.Response(400, json=body))
+        assert "QUJDQUJD" not in msg and "<removed>" in msg
