@@ -32,6 +32,7 @@ from pipeline.cli import main
 from pipeline.config import ImageConfig
 from pipeline.encode import encode_image
 from pipeline.sim import SimConfig, SimServer
+from pipeline.walker import ImageFile, walk_images
 
 PROMPT = "Describe this image."
 PROJECT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,8 @@ def cli_args(sim: SimServer, root: Path, out: Path) -> list[str]:
 
 
 def read_rows(out: Path) -> list[dict[str, object]]:
-    return ds.dataset(out, format="parquet").to_table().to_pylist()
+    rows: list[dict[str, object]] = ds.dataset(out, format="parquet").to_table().to_pylist()
+    return rows
 
 
 # --- building the files ------------------------------------------------------------------------
@@ -358,18 +360,17 @@ def test_file_deleted_after_the_walk_is_invalid(
     root.mkdir()
     (root / "keep.jpg").write_bytes(plain_jpeg())
     (root / "vanish.jpg").write_bytes(plain_jpeg((1, 2, 3)))
-    real_walk = feed.walk_images
     deleted: list[str] = []
 
-    def walk_then_delete(*args: object, **kwargs: object) -> Iterator[object]:
-        for f in real_walk(*args, **kwargs):  # type: ignore[arg-type]
+    def walk_then_delete(top: Path, patterns: tuple[str, ...]) -> Iterator[ImageFile]:
+        for f in walk_images(top, patterns):
             if f.relpath == "vanish.jpg":
                 assert f.size > 0  # stat'ed while it still existed
                 f.path.unlink()
                 deleted.append(f.relpath)
             yield f
 
-    monkeypatch.setattr(feed, "walk_images", walk_then_delete)
+    monkeypatch.setattr(feed, "walk_images", walk_then_delete)  # the name feed.walk calls
     assert main(cli_args(sim, root, tmp_path / "out")) == 0
     assert deleted == ["vanish.jpg"]
     rows = {str(r["image_path"]): r for r in read_rows(tmp_path / "out")}
