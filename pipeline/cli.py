@@ -3,7 +3,7 @@
 Exit codes: 0 no item failed in this run (invalid inputs do not count), 1 some items failed
 permanently, 2 usage or configuration error, 75 (EX_TEMPFAIL) the output is in use by
 another run or the server stayed unreachable longer than max_outage, 130/143 stopped by
-SIGINT/SIGTERM.
+SIGINT/SIGTERM, 70 internal error (a bug).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from .preflight import preflight
 from .progress import format_summary
 from .runner import Runner, RunResult
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SOFTWARE, EXIT_TEMPFAIL = 0, 1, 2, 70, 75
 log = logging.getLogger("pipeline")
 
 
@@ -94,6 +94,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--grace-period", type=float, metavar="S", help="after Ctrl-C, let requests finish (30)"
     )
+    g.add_argument(
+        "--retry-invalid", action="store_true", help="redo images that were invalid before"
+    )
     g.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -108,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", help="start the built-in vLLM simulator")
     add_arguments(sim)
     demo = sub.add_parser("demo", help="caption data/ against the built-in simulator")
-    demo.add_argument("--job", type=Path, default=Path("jobs/demo.toml"))
+    demo.add_argument("--job", type=Path, default=Path(__file__).parents[1] / "jobs" / "demo.toml")
     demo.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -144,6 +147,7 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         api_key_file=args.api_key_file,
         insecure=args.insecure,
         max_pixels=args.max_pixels,
+        retry_invalid=args.retry_invalid,
     )
 
 
@@ -202,3 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, OutputError) as exc:
         print(f"caption: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception:  # a bug: say so loudly, with its own exit code
+        log.exception("internal error")
+        print(
+            "caption: internal error (a bug; the traceback is above). Answers received so far "
+            "are saved; rerun the same command to resume.",
+            file=sys.stderr,
+        )
+        return EXIT_SOFTWARE

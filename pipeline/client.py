@@ -9,7 +9,6 @@ connections each hold about 1,100 req/s at any concurrency.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -86,6 +85,15 @@ def server_message(response: httpx.Response) -> str:
     return scrub(text)[:500] if text else response.reason_phrase
 
 
+def _valid_utf8(text: str) -> str:
+    """JSON may carry lone surrogates (``"\\ud800"``); Parquet needs valid UTF-8."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def parse_completion(response: httpx.Response) -> Completion:
     """Read a 200 answer; a malformed one (bad JSON, no choices, no text) is retryable."""
     if len(response.content) > MAX_ANSWER_BYTES:
@@ -109,16 +117,17 @@ def parse_completion(response: httpx.Response) -> Completion:
 
     def count(name: str) -> int | None:
         value = usage.get(name)
-        return value if isinstance(value, int) else None
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
+        return value if ok else None  # a nonsense count is dropped, never stored
 
     reason = first.get("finish_reason")
     model = data.get("model")
     return Completion(
-        caption=content,
-        finish_reason=reason if isinstance(reason, str) else None,
+        caption=_valid_utf8(content),
+        finish_reason=_valid_utf8(reason) if isinstance(reason, str) else None,
         prompt_tokens=count("prompt_tokens"),
         completion_tokens=count("completion_tokens"),
-        model=model if isinstance(model, str) else None,
+        model=_valid_utf8(model) if isinstance(model, str) else None,
         status=response.status_code,
     )
 
@@ -161,12 +170,20 @@ class ChatClient:
             )
             for _ in range(shards)
         ]
-        self._next = itertools.cycle(self._clients)
+        self._busy = [0] * shards
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         """Send one request; return the completion or raise Retryable/PermanentError."""
         content = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        client = next(self._next)
+        # The least busy shard, so no pool queues while another has free connections.
+        shard = min(range(len(self._busy)), key=self._busy.__getitem__)
+        self._busy[shard] += 1
+        try:
+            return await self._send(self._clients[shard], content)
+        finally:
+            self._busy[shard] -= 1
+
+    async def _send(self, client: httpx.AsyncClient, content: bytes) -> Completion:
         try:
             # httpx's read timeout restarts with every chunk; a slow drip must not hold a
             # worker for ever, so the whole exchange also has a deadline.
@@ -186,6 +203,8 @@ class ChatClient:
             raise RetryableError(
                 f"connection error: {type(exc).__name__}: {exc}", outage=True
             ) from None
+        except httpx.HTTPError as exc:  # e.g. a body that fails to decode
+            raise RetryableError(f"bad response: {type(exc).__name__}: {exc}") from None
         if response.status_code == 200:
             return parse_completion(response)
         message = f"HTTP {response.status_code}: {server_message(response)}"

@@ -9,6 +9,7 @@ directory. Unknown keys are an error that names the key and the nearest valid on
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -74,6 +75,7 @@ class RunConfig:
     progress: bool = True
     max_outage: float = 1800.0  # seconds the server may stay unreachable before the run stops
     grace_period: float = 30.0  # seconds in-flight requests get to finish after SIGINT/SIGTERM
+    retry_invalid: bool = False  # also redo images found invalid before (e.g. after max_pixels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "progress": (bool,),
         "max_outage": _NUM,
         "grace_period": _NUM,
+        "retry_invalid": (bool,),
     },
 }
 
@@ -239,6 +242,7 @@ class Overrides:
     api_key_file: str | None = None
     insecure: bool = False
     max_pixels: int | None = None
+    retry_invalid: bool = False
 
 
 def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
@@ -262,6 +266,8 @@ def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
     )
     if ov.insecure:
         put("endpoint", "insecure", True)
+    if ov.retry_invalid:
+        put("run", "retry_invalid", True)
     put("image", "max_pixels", ov.max_pixels)
     put("input", "patterns", None if ov.patterns is None else list(ov.patterns))
     put("image", "jpeg_quality", ov.jpeg_quality)
@@ -345,9 +351,16 @@ def _prompt(table: Mapping[str, Any], index: int) -> PromptConfig:
         raise ConfigError(f"{where}: temperature must be >= 0, got {p.temperature}")
     if not 0 < p.top_p <= 1:
         raise ConfigError(f"{where}: top_p must be in (0, 1], got {p.top_p}")
-    reserved = {"model", "messages"} & set(p.extra)
+    reserved = {"model", "messages", "stream", "stream_options", "n"} & set(p.extra)
     if reserved:
-        raise ConfigError(f"{where}: extra may not set {sorted(reserved)}")
+        raise ConfigError(
+            f"{where}: extra may not set {sorted(reserved)} (the pipeline sets the message and "
+            "model itself and reads one non-streamed choice per request)"
+        )
+    try:
+        json.dumps(p.extra, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: extra must be plain JSON values: {exc}") from None
     return p
 
 
@@ -413,6 +426,7 @@ def build_job(raw: Mapping[str, Any]) -> Job:
         progress=rn.get("progress", True),
         max_outage=float(rn.get("max_outage", d.max_outage)),
         grace_period=float(rn.get("grace_period", d.grace_period)),
+        retry_invalid=rn.get("retry_invalid", False),
     )
     if run.max_outage < 0 or run.grace_period < 0:
         raise ConfigError("max_outage and grace_period must be >= 0 seconds")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,10 +34,18 @@ WALK_BATCH = 256
 FileEntry = tuple[ImageFile, str | None]  # a file and its cached sha256, if still valid
 
 
-def read_file(path: Path) -> bytes:
+MAX_FILE_BYTES = 1 << 30  # no image we can send is this big; refuse before reading it
+
+
+def read_file(path: Path) -> tuple[bytes, str]:
+    """The file's bytes and their sha256 (blocking: call in a worker thread)."""
     try:
         with open(path, "rb") as fh:
-            return fh.read()
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise InvalidImageError(f"file too large ({size:,} bytes)")
+            raw = fh.read()
+        return raw, hashlib.sha256(raw).hexdigest()
     except FileNotFoundError:
         raise InvalidImageError("file disappeared before it could be read") from None
     except PermissionError:
@@ -70,7 +79,9 @@ class Feed:
 
         def next_batch() -> list[FileEntry]:
             batch = list(itertools.islice(files, WALK_BATCH))
-            return [(f, cache.lookup(f.relpath, f.size, f.mtime_ns)) for f in batch]
+            return [
+                (f, cache.lookup(f.relpath, f.size, f.mtime_ns, f.ctime_ns, f.ino)) for f in batch
+            ]
 
         async with tx:
             while batch := await anyio.to_thread.run_sync(next_batch):
@@ -114,12 +125,11 @@ class Feed:
                         self.tally.skipped += n_prompts
                         continue
                 try:
-                    raw = await anyio.to_thread.run_sync(read_file, f.path, limiter=self.cpu)
+                    raw, sha = await anyio.to_thread.run_sync(read_file, f.path, limiter=self.cpu)
                 except InvalidImageError as exc:
                     await self._invalid(rows, f, None, self.pending(f, ""), str(exc))
                     continue
-                sha = hashlib.sha256(raw).hexdigest()
-                self.cache.remember(f.relpath, f.size, f.mtime_ns, sha)
+                self.cache.remember(f.relpath, f.size, f.mtime_ns, sha, f.ctime_ns, f.ino)
                 if sha != cached_sha:
                     todo = self._todo(f, sha)
                 self.tally.skipped += n_prompts - len(todo)

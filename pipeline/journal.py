@@ -121,10 +121,16 @@ def recover(folder: Path, schema: pa.Schema) -> int:
         part = folder / f"part-{run_id}-{seq:05d}.parquet"
         merged = folder / f"part-{run_id}-all.parquet"
         if not part.exists() and not merged.exists():
-            rows = read_segment(seg)
-            if rows:
-                write_atomic(rows_to_table(rows, schema), part)
-                recovered += len(rows)
+            try:
+                rows = read_segment(seg)
+                if rows:
+                    write_atomic(rows_to_table(rows, schema), part)
+                    recovered += len(rows)
+            except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
+                aside = seg.with_name(seg.name + ".unreadable")
+                log.error("cannot recover journal %s (%s); kept as %s", seg.name, exc, aside.name)
+                os.replace(seg, aside)
+                continue
         seg.unlink()
     if recovered:
         fsync_dir(folder)

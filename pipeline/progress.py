@@ -41,6 +41,15 @@ class Tally:
     latencies: array[float] = field(default_factory=lambda: array("d"))
     started: float = field(default_factory=time.monotonic)
 
+    prompts: int = 1  # items per image
+
+    @property
+    def expected(self) -> int | None:
+        """Items this run will end with, once the walk has finished (else unknown)."""
+        if not self.walk_done:
+            return None
+        return max(self.done, self.images * self.prompts - self.skipped)
+
     @property
     def done(self) -> int:
         return self.ok + self.failed + self.invalid
@@ -99,7 +108,7 @@ class Reporter:
         self.tally = tally
         self.bar: tqdm[Any] | None = None
         if enabled and sys.stderr.isatty():
-            self.bar = tqdm(total=0, unit="item", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(total=None, unit="item", dynamic_ncols=True, file=sys.stderr)
         self._last_log = time.monotonic()
         self._shown = 0
 
@@ -110,8 +119,8 @@ class Reporter:
     def refresh(self) -> None:
         t = self.tally
         if self.bar is not None:
-            if self.bar.total != t.discovered:
-                self.bar.total = t.discovered
+            if self.bar.total != t.expected:
+                self.bar.total = t.expected  # unknown (no percentage) until the walk ends
             self.bar.update(t.done - self._shown)
             self._shown = t.done
             self.bar.set_postfix_str(self._postfix(), refresh=False)
@@ -124,7 +133,7 @@ class Reporter:
     def log_line(self) -> None:
         t = self.tally
         elapsed = time.monotonic() - t.started
-        total = f"{t.discovered}" if t.walk_done else f"{t.discovered}+"
+        total = "?" if t.expected is None else str(t.expected)
         rate = t.done / elapsed if elapsed > 0 else 0.0
         log.info("progress %d/%s items, %s, %.2f items/s", t.done, total, self._postfix(), rate)
 

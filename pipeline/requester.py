@@ -63,10 +63,12 @@ class Requester:
             "width": item.image.width,
             "height": item.image.height,
         }
-        attempt = 0
+        attempt = 0  # attempts that count against the retry budget
+        sent = 0  # requests actually sent (the ``attempts`` column)
         while True:
             await self.breaker.wait()
             attempt += 1
+            sent += 1
             t0 = time.perf_counter()
             try:
                 c = await self.client.complete(body)
@@ -79,7 +81,7 @@ class Requester:
                     return self.make_row(
                         item.key, item.relpath, item.sha256, item.prompt, STATUS_FAILED, started,
                         utc_now(), error=f"{exc} (gave up after {attempt} attempts)",
-                        http_status=exc.status, attempts=attempt, latency_s=latency, **common,
+                        http_status=exc.status, attempts=sent, latency_s=latency, **common,
                     )  # fmt: skip
                 delay = compute_backoff(self.policy, attempt, exc.retry_after)
                 log.debug("retrying %s in %.2fs after: %s", item.relpath, delay, exc)
@@ -88,7 +90,7 @@ class Requester:
             except PermanentError as exc:
                 return self.make_row(
                     item.key, item.relpath, item.sha256, item.prompt, STATUS_FAILED, started,
-                    utc_now(), error=str(exc), http_status=exc.status, attempts=attempt,
+                    utc_now(), error=str(exc), http_status=exc.status, attempts=sent,
                     latency_s=time.perf_counter() - t0, **common,
                 )  # fmt: skip
             self.breaker.success()
@@ -99,6 +101,6 @@ class Requester:
                 item.key, item.relpath, item.sha256, item.prompt, STATUS_OK, started, utc_now(),
                 caption=c.caption, finish_reason=c.finish_reason, http_status=c.status,
                 prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-                attempts=attempt, latency_s=time.perf_counter() - t0,
+                attempts=sent, latency_s=time.perf_counter() - t0,
                 response_model=c.model, **common,
             )  # fmt: skip

@@ -82,7 +82,7 @@ class Runner:
         self.transport = transport
         self.handle_signals = handle_signals
         self.run_id = new_run_id()
-        self.tally = Tally()
+        self.tally = Tally(prompts=len(job.prompts))
         r = job.run
         self.policy = RetryPolicy(
             attempts=r.retries + 1,
@@ -110,7 +110,9 @@ class Runner:
         try:
             schema = schema_with_job(self.job.public_dict())
             await anyio.to_thread.run_sync(_recover, out, schema)
-            done = await anyio.to_thread.run_sync(load_done_keys, out)
+            done = await anyio.to_thread.run_sync(
+                lambda: load_done_keys(out, include_invalid=not self.job.run.retry_invalid)
+            )
             cache = open_hash_cache(out)
             writer = PartWriter(out, self.run_id, schema)
             journal = Journal(out, self.run_id)

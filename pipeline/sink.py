@@ -101,7 +101,10 @@ def compact(folder: Path, run_id: str, parts: list[Path], schema: pa.Schema) -> 
     final = folder / f"part-{run_id}-all.parquet"
     marker = folder / COMPACT_MARKER
     marker_tmp = folder / f".{COMPACT_MARKER}.tmp"
-    marker_tmp.write_text(json.dumps({"merged": final.name, "parts": [p.name for p in parts]}))
+    with open(marker_tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps({"merged": final.name, "parts": [p.name for p in parts]}))
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(marker_tmp, marker)
     fsync_dir(folder)
     _merge(parts, final, schema)
@@ -140,8 +143,11 @@ def recover_compaction(folder: Path) -> None:
     marker = folder / COMPACT_MARKER
     if not marker.exists():
         return
-    plan = json.loads(marker.read_text())
-    if (folder / plan["merged"]).exists():
+    try:
+        plan = json.loads(marker.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        plan = None  # torn marker: it was never complete, so the merged file never landed
+    if plan is not None and (folder / plan["merged"]).exists():
         for name in plan["parts"]:
             (folder / name).unlink(missing_ok=True)
     marker.unlink()

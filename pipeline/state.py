@@ -15,15 +15,15 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .errors import OutputBusyError, OutputError
-from .schema import STATUS_OK
+from .schema import STATUS_INVALID, STATUS_OK
 from .sink import PART_GLOB
 
 log = logging.getLogger(__name__)
@@ -60,78 +60,106 @@ class OutputLock:
             self._fd = None
 
 
-def load_done_keys(folder: Path) -> set[str]:
-    """Keys with an ``ok`` row in the part files of ``folder`` (unreadable parts are skipped)."""
+def load_done_keys(folder: Path, *, include_invalid: bool = True) -> set[str]:
+    """Keys a rerun skips: every ``ok`` row, and (unless ``include_invalid`` is False)
+    every ``invalid`` row whose file was read: the key covers the file's bytes, so the same
+    bytes would be invalid again. Unreadable files (no sha256) are always tried again.
+
+    A part file that cannot be read stops the run: skipping it would redo its items and give
+    their keys a second ``ok`` row once the file is readable again.
+    """
     parts = sorted(folder.glob(PART_GLOB))
-    if not parts:
-        return set()
     done: set[str] = set()
-    try:
-        dataset = ds.dataset([str(p) for p in parts], format="parquet")
-        table = dataset.to_table(columns=["key"], filter=pc.field("status") == STATUS_OK)
-        done.update(table.column("key").to_pylist())
-        return done
-    except (OSError, ValueError) as exc:
-        log.warning("reading output parts together failed (%s); reading them one by one", exc)
     for part in parts:
         try:
-            table = pq.read_table(part, columns=["key", "status"])
+            table = pq.read_table(part, columns=["key", "status", "image_sha256"])
         except (OSError, ValueError) as exc:
-            log.warning("skipping unreadable part file %s: %s", part.name, exc)
-            continue
-        ok = table.filter(pc.equal(table.column("status"), STATUS_OK))
-        done.update(ok.column("key").to_pylist())
+            raise OutputError(
+                f"cannot read the part file {part} ({exc}); move it out of the output folder "
+                "(its items will then be captioned again) or restore it, then rerun"
+            ) from None
+        status = table.column("status")
+        keep = pc.equal(status, STATUS_OK)
+        if include_invalid:
+            invalid = pc.and_(
+                pc.equal(status, STATUS_INVALID), pc.is_valid(table.column("image_sha256"))
+            )
+            keep = pc.or_(keep, invalid)
+        done.update(table.filter(keep).column("key").to_pylist())
     return done
 
 
 class HashCache:
-    """(relpath, size, mtime_ns) -> sha256, persisted in SQLite; safe to use from threads."""
+    """(relpath, size, mtime, ctime, inode) -> sha256, persisted in SQLite; thread-safe.
+
+    ctime and the inode are in the key because tools can restore size and mtime after an
+    edit, but not ctime.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self._db_lock = threading.Lock()  # guards the connection
+        self._lock = threading.Lock()  # guards the pending list only: never held during IO
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS files (relpath TEXT PRIMARY KEY, size INTEGER, "
-            "mtime_ns INTEGER, sha256 TEXT)"
+            "CREATE TABLE IF NOT EXISTS files_v2 (relpath TEXT PRIMARY KEY, size INTEGER, "
+            "mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, sha256 TEXT)"
         )
-        self._pending: list[tuple[str, int, int, str]] = []
+        self._pending: list[tuple[str, int, int, int, int, str]] = []
 
-    def lookup(self, relpath: str, size: int, mtime_ns: int) -> str | None:
-        with self._lock:
+    def lookup(
+        self, relpath: str, size: int, mtime_ns: int, ctime_ns: int = 0, ino: int = 0
+    ) -> str | None:
+        with self._db_lock:
             row = self._db.execute(
-                "SELECT size, mtime_ns, sha256 FROM files WHERE relpath = ?", (relpath,)
+                "SELECT size, mtime_ns, ctime_ns, ino, sha256 FROM files_v2 WHERE relpath = ?",
+                (relpath,),
             ).fetchone()
-        if row is None or row[0] != size or row[1] != mtime_ns:
+        if row is None or tuple(row[:4]) != (size, mtime_ns, ctime_ns, ino):
             return None
-        sha = row[2]
+        sha = row[4]
         return sha if isinstance(sha, str) else None
 
-    def remember(self, relpath: str, size: int, mtime_ns: int, sha256: str) -> None:
+    def remember(
+        self, relpath: str, size: int, mtime_ns: int, sha256: str, ctime_ns: int = 0, ino: int = 0
+    ) -> None:
         with self._lock:
-            self._pending.append((relpath, size, mtime_ns, sha256))
+            self._pending.append((relpath, size, mtime_ns, ctime_ns, ino, sha256))
 
     def flush(self) -> None:
         with self._lock:
             rows, self._pending = self._pending, []
-            if rows:
+        if rows:
+            with self._db_lock:
                 self._write(rows)
 
-    def _write(self, rows: Iterable[tuple[str, int, int, str]]) -> None:
+    def _write(self, rows: Iterable[tuple[str, int, int, int, int, str]]) -> None:
         self._db.execute("BEGIN")
-        self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", rows)
+        self._db.executemany("INSERT OR REPLACE INTO files_v2 VALUES (?, ?, ?, ?, ?, ?)", rows)
         self._db.execute("COMMIT")
 
     def close(self) -> None:
         self.flush()
-        with self._lock, contextlib.suppress(sqlite3.Error):
+        with self._db_lock, contextlib.suppress(sqlite3.Error):
             self._db.close()
 
 
 def open_hash_cache(folder: Path) -> HashCache:
+    """Open the cache; a damaged one is only a cache: it is moved aside and started anew."""
+    path = folder / HASHES_NAME
     try:
-        return HashCache(folder / HASHES_NAME)
+        return HashCache(path)
     except sqlite3.Error as exc:
-        raise OutputError(f"cannot open the hash cache {folder / HASHES_NAME}: {exc}") from None
+        if not path.is_file():
+            raise OutputError(f"cannot open the hash cache {path}: {exc}") from None
+        aside = folder / f"{HASHES_NAME}.damaged-{int(time.time())}"
+        log.warning("hash cache %s is damaged (%s); moved to %s, starting anew", path, exc, aside)
+        os.replace(path, aside)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    try:
+        return HashCache(path)
+    except sqlite3.Error as exc:
+        raise OutputError(f"cannot open the hash cache {path}: {exc}") from None

@@ -25,6 +25,8 @@ class ImageFile:
     relpath: str  # relative to the input root, POSIX separators, always valid UTF-8
     size: int  # bytes; -1 when stat failed (the encoder reports why)
     mtime_ns: int
+    ctime_ns: int = 0  # with the inode, catches edits that restore size and mtime
+    ino: int = 0
 
 
 def printable(name: str) -> str:
@@ -72,7 +74,9 @@ def walk_images(root: Path, patterns: tuple[str, ...]) -> Iterator[ImageFile]:
             seen.add(ident)
             stack.append((full, f"{rel}/", _listing(full)))
         elif _matches(name, patterns):
-            yield ImageFile(Path(full), rel, info.st_size, info.st_mtime_ns)
+            yield ImageFile(
+                Path(full), rel, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino
+            )
 
 
 def _listing(folder: str) -> list[str]:

@@ -261,11 +261,14 @@ class TestRun:
         ok = sorted(p for p, r in outcome.first.items() if r["status"] == "ok")
         assert ok == sorted(DECODABLE)
 
-    def test_rerun_sends_nothing_and_rewrites_only_invalid_rows(self, outcome: Outcome) -> None:
-        """A rerun retries the invalid files (no ok row yet) but they never reach the server."""
+    def test_rerun_sends_nothing_and_retries_only_unreadable_files(self, outcome: Outcome) -> None:
+        """A rerun skips files whose bytes were invalid; only unreadable ones are tried again."""
         assert outcome.rerun_requests == 0
         assert {r["status"] for r in outcome.rerun_new} == {"invalid"}
-        assert sorted(str(r["image_path"]) for r in outcome.rerun_new) == sorted(BAD)
+        unread = sorted(p for p, r in outcome.first.items() if r["status"] == "invalid"
+                        and r["image_sha256"] is None and p != "vanish.jpg")  # fmt: skip
+        assert unread == ["gone.jpg"]
+        assert sorted(str(r["image_path"]) for r in outcome.rerun_new) == unread
         for row in outcome.rerun_new:
             assert row["key"] == outcome.first[str(row["image_path"])]["key"]
             assert row["run_id"] != outcome.first[str(row["image_path"])]["run_id"]

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -293,9 +294,11 @@ class TestChatClient:
         assert seen[0].headers.get("authorization") == expected
 
     @pytest.mark.anyio
-    async def test_requests_spread_over_shards(self) -> None:
-        """Concurrency above one shard's size creates several clients, used round-robin."""
-        used: list[int] = []
+    async def test_concurrent_requests_go_to_the_least_busy_shard(self) -> None:
+        """Concurrency above one shard's size makes several clients; load spreads evenly."""
+        in_flight = [0, 0, 0]
+        peak = [0, 0, 0]
+        release = anyio.Event()
         client = ChatClient(
             EndpointConfig(url=URL),
             concurrency=20,
@@ -308,15 +311,22 @@ class TestChatClient:
                 real_post = shard.post
 
                 async def post(*args: Any, _i: int = index, _p: Any = real_post, **kw: Any) -> Any:
-                    used.append(_i)
+                    in_flight[_i] += 1
+                    peak[_i] = max(peak[_i], in_flight[_i])
+                    await release.wait()
+                    in_flight[_i] -= 1
                     return await _p(*args, **kw)
 
                 shard.post = post  # type: ignore[method-assign]
-            for _ in range(6):
-                await client.complete(BODY)
+            async with anyio.create_task_group() as tg:
+                for _ in range(18):
+                    tg.start_soon(client.complete, BODY)
+                await anyio.wait_all_tasks_blocked()
+                assert in_flight == [6, 6, 6]
+                release.set()
         finally:
             await client.aclose()
-        assert used == [0, 1, 2, 0, 1, 2]
+        assert peak == [6, 6, 6]
 
 
 class TestResolveApiKey:

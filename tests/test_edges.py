@@ -229,3 +229,78 @@ class TestSecrets:
         body = {"error": {"message": "bad image data:image/jpeg;base64," + "QUJD" * 100}}
         msg = server_message(httpx.Response(400, json=body))
         assert "QUJDQUJD" not in msg and "<removed>" in msg
+
+
+class TestReviewFindings:
+    def test_absurd_token_counts_and_lone_surrogates_do_not_break_the_output(
+        self, tmp_path: Path
+    ) -> None:
+        """A count beyond int32 is dropped, a lone surrogate replaced; run and rerun work."""
+
+        def handle(request: httpx.Request) -> httpx.Response:
+            body = answer("caf\\ud800 ok")
+            body["usage"] = {"prompt_tokens": 2**40, "completion_tokens": -3}
+            raw = json.dumps(body).replace("caf\\\\ud800", "caf\\ud800")
+            return httpx.Response(200, content=raw.encode())
+
+        root = make_images(tmp_path / "i", 2)[0].parent
+        rows = run_with(httpx.MockTransport(handle), root, tmp_path / "o")
+        assert {(r["status"], r["prompt_tokens"], r["completion_tokens"]) for r in rows} == {
+            ("ok", None, None)
+        }
+        assert all(str(r["caption"]).startswith("caf") for r in rows)
+        assert run_with(httpx.MockTransport(handle), root, tmp_path / "o") == rows  # rerun: no-op
+
+    def test_edit_that_restores_size_and_mtime_is_captioned_again(self, tmp_path: Path) -> None:
+        """Flipping a byte and restoring mtime still changes the key (ctime/inode in the cache)."""
+        import os
+
+        root = make_images(tmp_path / "i", 3)[0].parent
+        target = sorted(root.glob("*.jpg"))[0]
+        with SimServer(SimConfig()) as sim:
+            args = [
+                "run",
+                "--endpoint",
+                sim.base_url,
+                "--input",
+                str(root),
+                "--output",
+                str(tmp_path / "o"),
+                "--prompt",
+                "x",
+                "--no-progress",
+            ]
+            assert main(args) == 0
+            st = target.stat()
+            data = bytearray(target.read_bytes())
+            data[-3] ^= 0x01  # inside the JPEG entropy data: still decodable
+            target.write_bytes(bytes(data))
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+            sim.reset_stats()
+            assert main(args) == 0
+            assert sim.stats()["requests"] == 1
+
+    def test_stream_in_extra_is_a_config_error(self, tmp_path: Path) -> None:
+        """extra may not switch on streaming (one non-streamed answer per request is read)."""
+        from pipeline.errors import ConfigError
+
+        root = make_images(tmp_path / "i", 1)[0].parent
+        with pytest.raises(ConfigError, match="stream"):
+            load_job(
+                None,
+                Overrides(
+                    input=str(root), output=str(tmp_path / "o"), prompt="x", extra={"stream": True}
+                ),
+            )
+
+    def test_unrecoverable_journal_segment_is_moved_aside(self, tmp_path: Path) -> None:
+        """A journal segment that cannot become a part is kept aside; the run still starts."""
+        from pipeline.journal import recover
+        from pipeline.schema import SCHEMA
+
+        seg = tmp_path / "_caption_journal-r1-00001.jsonl"
+        seg.write_text(json.dumps({"key": "k", "status": "ok", "prompt_tokens": 2**40}) + "\n")
+        assert recover(tmp_path, SCHEMA) == 0
+        assert not seg.exists()
+        assert (tmp_path / (seg.name + ".unreadable")).exists()
+        assert not list(tmp_path.glob("part-*"))

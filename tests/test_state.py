@@ -7,7 +7,6 @@ same result rows.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import os
 from array import array
 from pathlib import Path
@@ -201,18 +200,19 @@ class TestLoadDoneKeys:
         """No part files means no done keys."""
         assert load_done_keys(tmp_path) == set()
 
-    def test_only_ok_keys_are_done(self, tmp_path: Path) -> None:
-        """Keys of ok rows across parts are returned; failed and invalid are not."""
+    def test_ok_and_read_invalid_keys_are_done(self, tmp_path: Path) -> None:
+        """ok keys are done, and invalid keys whose bytes were read; failed ones are not."""
         writer = self.write_parts(
             tmp_path,
             [row("k1"), row("k2", STATUS_FAILED), row("k3", STATUS_INVALID)],
-            [row("k4"), row("k2")],  # k2 failed first, then succeeded in a later part
+            [row("k4"), row("k2"), row("k5", STATUS_INVALID, image_sha256=None)],
         )
         assert [p.name for p in writer.parts] == [
             "part-run1-00001.parquet",
             "part-run1-00002.parquet",
         ]
-        assert load_done_keys(tmp_path) == {"k1", "k2", "k4"}
+        assert load_done_keys(tmp_path) == {"k1", "k2", "k3", "k4"}
+        assert load_done_keys(tmp_path, include_invalid=False) == {"k1", "k2", "k4"}
 
     def test_other_files_are_ignored(self, tmp_path: Path) -> None:
         """Only part-*.parquet files are read; temps and other parquet files are not."""
@@ -227,22 +227,20 @@ class TestLoadDoneKeys:
         [b"this is not parquet at all", b"", b"PAR1garbagePAR1"],
         ids=["garbage", "empty", "fake-magic"],
     )
-    def test_corrupt_part_is_skipped(
-        self, tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes
-    ) -> None:
-        """An unreadable part-x.parquet is skipped with a warning; the others are still read."""
+    def test_corrupt_part_stops_with_output_error(self, tmp_path: Path, content: bytes) -> None:
+        """An unreadable part file stops the run, naming it (skipping it would redo its keys)."""
         self.write_parts(tmp_path, [row("k1")], [row("k2"), row("k3", STATUS_FAILED)])
         (tmp_path / "part-x.parquet").write_bytes(content)
-        with caplog.at_level(logging.WARNING, logger="pipeline.state"):
-            assert load_done_keys(tmp_path) == {"k1", "k2"}
-        assert "part-x.parquet" in caplog.text
+        with pytest.raises(OutputError, match=r"part-x\.parquet"):
+            load_done_keys(tmp_path)
 
-    def test_truncated_part_is_skipped(self, tmp_path: Path) -> None:
-        """A real part cut in half (a torn copy) does not hide the other parts' keys."""
+    def test_truncated_part_stops_with_output_error(self, tmp_path: Path) -> None:
+        """A real part cut in half (a torn copy) is reported, not silently skipped."""
         self.write_parts(tmp_path, [row("k1")])
         good = (tmp_path / "part-run1-00001.parquet").read_bytes()
         (tmp_path / "part-a-torn.parquet").write_bytes(good[: len(good) // 2])
-        assert load_done_keys(tmp_path) == {"k1"}
+        with pytest.raises(OutputError, match="part-a-torn"):
+            load_done_keys(tmp_path)
 
 
 class TestSink:

@@ -114,12 +114,17 @@ class TestRecords:
         assert item.path == (tmp_path / "x" / "y" / "z.jpg").resolve()
 
     def test_size_and_mtime_come_from_stat(self, tmp_path: Path) -> None:
-        """size and mtime_ns are the file's stat values."""
+        """size, mtime, ctime and inode are the file's stat values."""
         touch(tmp_path, "a/pic.png")
         st = (tmp_path / "a" / "pic.png").stat()
         [item] = list(walk_images(tmp_path, DEFAULT_PATTERNS))
         assert item == ImageFile(
-            (tmp_path / "a" / "pic.png").resolve(), "a/pic.png", st.st_size, st.st_mtime_ns
+            (tmp_path / "a" / "pic.png").resolve(),
+            "a/pic.png",
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_ino,
         )
 
 
