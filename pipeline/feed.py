@@ -145,7 +145,6 @@ class Feed:
                     continue
                 encode_s = time.perf_counter() - t0
                 del raw
-                self.tally.discovered += len(todo)
                 for p in todo:
                     item = RequestItem(
                         p.key, f.relpath, sha, p.prompt, p.text, image, encode_s,
@@ -161,7 +160,6 @@ class Feed:
         items: list[Pending],
         error: str,
     ) -> None:
-        self.tally.discovered += len(items)
         now = utc_now()
         for p in items:
             row = self.make_row(

@@ -26,7 +26,6 @@ LOG_EVERY_S = 5.0
 class Tally:
     """What this run has done so far."""
 
-    discovered: int = 0  # items found by the walk that need work in this run
     skipped: int = 0  # items already done by an earlier run
     images: int = 0  # image files found
     ok: int = 0

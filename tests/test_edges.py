@@ -39,6 +39,12 @@ def answer(
     }
 
 
+def run_args(url: str, root: Path, out: Path, *extra: str) -> list[str]:
+    """``caption run`` arguments with the prompt "x"."""
+    return ["run", "--endpoint", url, "--input", str(root), "--output", str(out), "--prompt", "x",
+            *extra]  # fmt: skip
+
+
 def run_with(handler: httpx.MockTransport, root: Path, out: Path) -> list[dict[str, object]]:
     job = load_job(
         None,
@@ -109,19 +115,9 @@ class TestPreflight:
         """Nothing listening: exit 2 with a hint, and no output written."""
         root = make_images(tmp_path / "i", 2)[0].parent
         code = main(
-            [
-                "run",
-                "--endpoint",
-                "http://127.0.0.1:9/v1",
-                "--input",
-                str(root),
-                "--output",
-                str(tmp_path / "o"),
-                "--prompt",
-                "x",
-                "--connect-timeout",
-                "2",
-            ]
+            run_args(
+                "http://127.0.0.1:9/v1", str(root), str(tmp_path / "o"), "--connect-timeout", "2"
+            )
         )
         assert code == 2
         assert "cannot reach" in capsys.readouterr().err
@@ -134,19 +130,7 @@ class TestPreflight:
         root = make_images(tmp_path / "i", 2)[0].parent
         with SimServer(SimConfig(max_model_len=2048)) as sim:
             code = main(
-                [
-                    "run",
-                    "--endpoint",
-                    sim.base_url,
-                    "--input",
-                    str(root),
-                    "--output",
-                    str(tmp_path / "o"),
-                    "--prompt",
-                    "x",
-                    "--max-tokens",
-                    "4096",
-                ]
+                run_args(sim.base_url, str(root), str(tmp_path / "o"), "--max-tokens", "4096")
             )
             assert sim.stats()["requests"] == 0
         assert code == 2
@@ -258,18 +242,7 @@ class TestReviewFindings:
         root = make_images(tmp_path / "i", 3)[0].parent
         target = sorted(root.glob("*.jpg"))[0]
         with SimServer(SimConfig()) as sim:
-            args = [
-                "run",
-                "--endpoint",
-                sim.base_url,
-                "--input",
-                str(root),
-                "--output",
-                str(tmp_path / "o"),
-                "--prompt",
-                "x",
-                "--no-progress",
-            ]
+            args = run_args(sim.base_url, str(root), str(tmp_path / "o"), "--no-progress")
             assert main(args) == 0
             st = target.stat()
             data = bytearray(target.read_bytes())
@@ -304,3 +277,37 @@ class TestReviewFindings:
         assert not seg.exists()
         assert (tmp_path / (seg.name + ".unreadable")).exists()
         assert not list(tmp_path.glob("part-*"))
+
+
+class TestSlowDrip:
+    @pytest.mark.anyio
+    async def test_slow_drip_answer_hits_the_whole_request_deadline(self) -> None:
+        """A server that drips one byte every 0.2 s is cut off at timeout + connect timeout."""
+        from pipeline.client import ChatClient
+        from pipeline.config import EndpointConfig
+        from pipeline.errors import RetryableError
+
+        async def drip(stream: anyio.abc.SocketStream) -> None:
+            async with stream:
+                await stream.receive()
+                await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n")
+                with anyio.move_on_after(10):
+                    while True:
+                        await stream.send(b" ")
+                        await anyio.sleep(0.2)
+
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        endpoint = EndpointConfig(
+            url=f"http://127.0.0.1:{port}/v1", timeout=1.0, connect_timeout=0.5
+        )
+        client = ChatClient(endpoint, concurrency=1, api_key=None)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, drip)
+            t0 = anyio.current_time()
+            with pytest.raises(RetryableError, match="no complete answer within"):
+                await client.complete({"model": "m", "messages": []})
+            assert anyio.current_time() - t0 < 3.0
+            await client.aclose()
+            tg.cancel_scope.cancel()
+        await listener.aclose()
