@@ -59,6 +59,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--connect-timeout", type=float, metavar="S", help="seconds to connect (10)")
     g.add_argument("--api-key-file", metavar="FILE", help="read the API key from this file")
     g.add_argument(
+        "--stream", action="store_true", help="stream answers (records time to first token)"
+    )
+    g.add_argument(
         "--insecure", action="store_true", help="do not verify the server's TLS certificate"
     )
     g = p.add_argument_group("input and output")
@@ -148,6 +151,7 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         insecure=args.insecure,
         max_pixels=args.max_pixels,
         retry_invalid=args.retry_invalid,
+        stream=args.stream,
     )
 
 

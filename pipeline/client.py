@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from .breaker import OUTAGE_STATUS
 from .config import DEFAULT_API_KEY_ENVS, EndpointConfig
 from .errors import ConfigError, PermanentError, RetryableError
 from .retry import is_retryable_status, parse_retry_after
+from .stream import StreamState
 
 CONNECTIONS_PER_SHARD = 8
 MAX_ANSWER_BYTES = 4 * 1024 * 1024  # a caption is text; anything bigger is not an answer
@@ -35,6 +37,7 @@ class Completion:
     completion_tokens: int | None
     model: str | None
     status: int
+    ttft_s: float | None = None  # time to first token, when streamed
 
 
 def resolve_api_key(endpoint: EndpointConfig) -> str | None:
@@ -94,6 +97,25 @@ def _valid_utf8(text: str) -> str:
         return text.encode("utf-8", "replace").decode("utf-8")
 
 
+def _count(usage: dict[str, Any], name: str) -> int | None:
+    value = usage.get(name)
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
+    return value if ok else None  # a nonsense count is dropped, never stored
+
+
+def error_for(response: httpx.Response) -> RetryableError | PermanentError:
+    """The error for a non-200 answer: retryable (408/429/5xx) or permanent, with its message."""
+    message = f"HTTP {response.status_code}: {server_message(response)}"
+    if is_retryable_status(response.status_code):
+        return RetryableError(
+            message,
+            status=response.status_code,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            outage=response.status_code in OUTAGE_STATUS,
+        )
+    return PermanentError(message, status=response.status_code)
+
+
 def parse_completion(response: httpx.Response) -> Completion:
     """Read a 200 answer; a malformed one (bad JSON, no choices, no text) is retryable."""
     if len(response.content) > MAX_ANSWER_BYTES:
@@ -115,18 +137,13 @@ def parse_completion(response: httpx.Response) -> Completion:
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     assert isinstance(usage, dict)
 
-    def count(name: str) -> int | None:
-        value = usage.get(name)
-        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
-        return value if ok else None  # a nonsense count is dropped, never stored
-
     reason = first.get("finish_reason")
     model = data.get("model")
     return Completion(
         caption=_valid_utf8(content),
         finish_reason=_valid_utf8(reason) if isinstance(reason, str) else None,
-        prompt_tokens=count("prompt_tokens"),
-        completion_tokens=count("completion_tokens"),
+        prompt_tokens=_count(usage, "prompt_tokens"),
+        completion_tokens=_count(usage, "completion_tokens"),
         model=_valid_utf8(model) if isinstance(model, str) else None,
         status=response.status_code,
     )
@@ -154,6 +171,7 @@ class ChatClient:
     ) -> None:
         self.url = endpoint.url + "/chat/completions"
         self.deadline = endpoint.timeout + endpoint.connect_timeout
+        self.stream = endpoint.stream
         headers = {"content-type": "application/json", "accept": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
@@ -174,6 +192,8 @@ class ChatClient:
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         """Send one request; return the completion or raise Retryable/PermanentError."""
+        if self.stream:
+            body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         content = json.dumps(body, ensure_ascii=False).encode("utf-8")
         # The least busy shard, so no pool queues while another has free connections.
         shard = min(range(len(self._busy)), key=self._busy.__getitem__)
@@ -188,6 +208,8 @@ class ChatClient:
             # httpx's read timeout restarts with every chunk; a slow drip must not hold a
             # worker for ever, so the whole exchange also has a deadline.
             with anyio.fail_after(self.deadline):
+                if self.stream:
+                    return await self._streamed(client, content)
                 response = await client.post(self.url, content=content)
         except TimeoutError:
             raise RetryableError(
@@ -207,15 +229,29 @@ class ChatClient:
             raise RetryableError(f"bad response: {type(exc).__name__}: {exc}") from None
         if response.status_code == 200:
             return parse_completion(response)
-        message = f"HTTP {response.status_code}: {server_message(response)}"
-        if is_retryable_status(response.status_code):
-            raise RetryableError(
-                message,
-                status=response.status_code,
-                retry_after=parse_retry_after(response.headers.get("retry-after")),
-                outage=response.status_code in OUTAGE_STATUS,
-            )
-        raise PermanentError(message, status=response.status_code)
+        raise error_for(response)
+
+    async def _streamed(self, client: httpx.AsyncClient, content: bytes) -> Completion:
+        t0 = time.perf_counter()
+        ttft: float | None = None
+        state = StreamState()
+        async with client.stream("POST", self.url, content=content) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise error_for(response)
+            async for line in response.aiter_lines():
+                if state.feed(line) and ttft is None:
+                    ttft = time.perf_counter() - t0
+        usage = state.usage
+        return Completion(
+            caption=_valid_utf8(state.text()),
+            finish_reason=state.finish_reason,
+            prompt_tokens=_count(usage, "prompt_tokens"),
+            completion_tokens=_count(usage, "completion_tokens"),
+            model=state.model,
+            status=200,
+            ttft_s=ttft,
+        )
 
     async def aclose(self) -> None:
         for client in self._clients:

@@ -36,6 +36,7 @@ class EndpointConfig:
     connect_timeout: float = 10.0
     api_key_file: Path | None = None  # or: read the key from this file
     insecure: bool = False  # skip TLS certificate verification
+    stream: bool = False  # ask for SSE streaming (gives time-to-first-token per row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,7 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "api_key_env": (str,),
         "api_key_file": (str,),
         "insecure": (bool,),
+        "stream": (bool,),
         "timeout": _NUM,
         "connect_timeout": _NUM,
     },
@@ -243,6 +245,7 @@ class Overrides:
     insecure: bool = False
     max_pixels: int | None = None
     retry_invalid: bool = False
+    stream: bool = False
 
 
 def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
@@ -266,6 +269,8 @@ def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
     )
     if ov.insecure:
         put("endpoint", "insecure", True)
+    if ov.stream:
+        put("endpoint", "stream", True)
     if ov.retry_invalid:
         put("run", "retry_invalid", True)
     put("image", "max_pixels", ov.max_pixels)
@@ -374,6 +379,7 @@ def build_job(raw: Mapping[str, Any]) -> Job:
         api_key_env=ep.get("api_key_env"),
         api_key_file=Path(ep["api_key_file"]) if "api_key_file" in ep else None,
         insecure=ep.get("insecure", False),
+        stream=ep.get("stream", False),
         timeout=float(ep.get("timeout", de.timeout)),
         connect_timeout=float(ep.get("connect_timeout", de.connect_timeout)),
     )

@@ -102,5 +102,5 @@ class Requester:
                 caption=c.caption, finish_reason=c.finish_reason, http_status=c.status,
                 prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
                 attempts=sent, latency_s=time.perf_counter() - t0,
-                response_model=c.model, **common,
+                response_model=c.model, ttft_s=c.ttft_s, **common,
             )  # fmt: skip

@@ -33,6 +33,7 @@ SCHEMA = pa.schema(
         pa.field("queue_wait_s", pa.float64()),
         pa.field("encode_s", pa.float64()),
         pa.field("latency_s", pa.float64()),
+        pa.field("ttft_s", pa.float64()),
         pa.field("started_at", _UTC_US),
         pa.field("finished_at", _UTC_US, nullable=False),
         pa.field("run_id", pa.string(), nullable=False),

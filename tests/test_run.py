@@ -317,3 +317,30 @@ class TestOutputFolder:
             )
         lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress")]
         assert lines and "ok=" in lines[-1]
+
+
+class TestStreaming:
+    def test_streamed_answers_equal_their_images_with_ttft(
+        self, sim: SimServer, images: list[Path], tmp_path: Path
+    ) -> None:
+        """--stream: every row has its own image's caption, token usage and a time to first token."""
+        out, root = tmp_path / "out", images[0].parent.parent
+        assert run_cli(sim, root, out, "--stream") == 0
+        rows = ok_rows(out)
+        assert len(rows) == len(images) == sim.stats()["requests"]
+        for row in rows:
+            assert sent_marker(root / str(row["image_path"])) in str(row["caption"])
+            assert row["completion_tokens"] and row["prompt_tokens"]
+            assert 0 < float(str(row["ttft_s"])) <= float(str(row["latency_s"]))
+
+    def test_broken_streams_are_retried(self, images: list[Path], tmp_path: Path) -> None:
+        """Streams cut by resets, 500s and malformed chunks are retried until every item is ok."""
+        faults = FaultConfig(error_500=0.15, reset=0.1, malformed=0.1, empty_choices=0.1)
+        with SimServer(SimConfig(slots=8, faults=faults, seed=5)) as sim:
+            code = run_cli(sim, images[0].parent.parent, tmp_path / "out", "--stream",
+                           "--retries", "20", "--backoff-max", "0.1")  # fmt: skip
+            faulted = sum(sim.stats()["faults"].values())
+        assert code == 0 and faulted > 0
+        rows = ok_rows(tmp_path / "out")
+        assert len({r["key"] for r in rows}) == len(rows) == len(images)
+        assert all("simulated" in str(r["caption"]) for r in rows)
