@@ -323,7 +323,7 @@ class TestStreaming:
     def test_streamed_answers_equal_their_images_with_ttft(
         self, sim: SimServer, images: list[Path], tmp_path: Path
     ) -> None:
-        """--stream: every row has its own image's caption, token usage and a time to first token."""
+        """--stream: each row has its own image's caption, token usage and a time to first token."""
         out, root = tmp_path / "out", images[0].parent.parent
         assert run_cli(sim, root, out, "--stream") == 0
         rows = ok_rows(out)

@@ -12,7 +12,7 @@ from pipeline.stream import StreamState
 
 def chunk(content: str | None = None, reason: str | None = None, **extra: object) -> str:
     delta = {} if content is None else {"content": content}
-    body = {"object": "chat.completion.chunk", "model": "gemma3-27b",
+    body = {"model": "gemma3-27b",
             "choices": [{"index": 0, "delta": delta, "finish_reason": reason}], **extra}  # fmt: skip
     return "data: " + json.dumps(body)
 
