@@ -12,8 +12,8 @@ from pipeline.stream import StreamState
 
 def chunk(content: str | None = None, reason: str | None = None, **extra: object) -> str:
     delta = {} if content is None else {"content": content}
-    body = {"model": "gemma3-27b",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": reason}], **extra}  # fmt: skip
+    choice = {"index": 0, "delta": delta, "finish_reason": reason}
+    body = {"model": "gemma3-27b", "choices": [choice], **extra}
     return "data: " + json.dumps(body)
 
 

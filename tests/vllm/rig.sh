@@ -55,7 +55,7 @@ loud() {  # loud multi-line banner on stderr
   } >&2
 }
 
-usage() { sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 check_home() {
   # The venv is ~3.5 GB: never inside the repository or the shared folder.
@@ -187,8 +187,14 @@ cmd_model() {
   say "model built in $((SECONDS - t0)) s ($(du -sh "$MODEL_DIR" | cut -f1))"
 }
 
-health_ok() {
-  [[ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://127.0.0.1:$1/health" 2>/dev/null)" == 200 ]]
+health_ok() {  # GET /health == 200 (vLLM answers with an empty body)
+  if command -v curl >/dev/null 2>&1; then
+    [[ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://127.0.0.1:$1/health" 2>/dev/null)" == 200 ]]
+  else
+    "$VPY" -c 'import sys, urllib.request as u
+sys.exit(0 if u.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=2).status == 200 else 1)' \
+      "$1" 2>/dev/null
+  fi
 }
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
