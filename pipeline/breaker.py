@@ -31,6 +31,11 @@ def health_url(base_url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"{path}/health", "", ""))
 
 
+def metrics_url(base_url: str) -> str:
+    """vLLM's Prometheus endpoint, next to ``/health``."""
+    return health_url(base_url).removesuffix("/health") + "/metrics"
+
+
 class Breaker:
     def __init__(
         self,

@@ -85,7 +85,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         help="more body fields, e.g. '{\"top_k\": 40}'",
     )
     g = p.add_argument_group("run")
-    g.add_argument("--concurrency", type=int, metavar="N", help="requests in flight (32)")
+    g.add_argument(
+        "--concurrency", metavar="N|auto", help="requests in flight (default auto: adapts)"
+    )
+    g.add_argument("--max-concurrency", type=int, metavar="N", help="upper bound for auto (256)")
     g.add_argument("--retries", type=int, metavar="N", help="retries per item after the first (5)")
     g.add_argument("--flush-interval", type=float, metavar="S", help="seconds between part files")
     g.add_argument("--backoff-initial", type=float, metavar="S", help="first retry wait cap (0.5)")
@@ -134,6 +137,7 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         temperature=args.temperature,
         top_p=args.top_p,
         concurrency=args.concurrency,
+        max_concurrency=args.max_concurrency,
         max_side=args.max_side,
         retries=args.retries,
         flush_interval=args.flush_interval,
@@ -170,7 +174,7 @@ def run_job(job: Job) -> int:
     """Run ``job``, print the summary, return the exit code."""
     with logging_redirect_tqdm():
         result = anyio.run(execute, job)
-    print(format_summary(result.tally, result.wall_s, str(result.output), job.run.concurrency))
+    print(format_summary(result.tally, result.wall_s, str(result.output)))
     if result.stop_reason is not None:
         again = shlex.join(["caption", *sys.argv[1:]]) if sys.argv[1:] else "the same command"
         print(

@@ -67,7 +67,8 @@ class PromptConfig:
 @dataclass(frozen=True, slots=True)
 class RunConfig:
     output: Path = Path("out")
-    concurrency: int = 32
+    concurrency: int | None = None  # requests in flight; None = "auto" (adapts to the server)
+    max_concurrency: int = 256  # upper bound for "auto"
     retries: int = 5  # attempts after the first
     flush_interval: float = 2.0  # seconds between Parquet part files
     backoff_initial: float = 0.5
@@ -132,7 +133,8 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     },
     "run": {
         "output": (str,),
-        "concurrency": (int,),
+        "concurrency": (int, str),
+        "max_concurrency": (int,),
         "retries": (int,),
         "flush_interval": _NUM,
         "backoff_initial": _NUM,
@@ -227,7 +229,8 @@ class Overrides:
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
-    concurrency: int | None = None
+    concurrency: int | str | None = None
+    max_concurrency: int | None = None
     max_side: int | None = None
     retries: int | None = None
     flush_interval: float | None = None
@@ -284,6 +287,7 @@ def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
     put("input", "root", None if ov.input is None else str(Path(ov.input).resolve()))
     put("run", "output", None if ov.output is None else str(Path(ov.output).resolve()))
     put("run", "concurrency", ov.concurrency)
+    put("run", "max_concurrency", ov.max_concurrency)
     put("run", "retries", ov.retries)
     put("run", "flush_interval", ov.flush_interval)
     put("image", "max_side", ov.max_side)
@@ -369,6 +373,18 @@ def _prompt(table: Mapping[str, Any], index: int) -> PromptConfig:
     return p
 
 
+def _concurrency(value: int | str) -> int | None:
+    """``"auto"`` -> None; a number (or a numeric string from a flag) -> int."""
+    if isinstance(value, int):
+        return value
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f'concurrency must be a number or "auto", got {value!r}') from None
+
+
 def build_job(raw: Mapping[str, Any]) -> Job:
     """Turn checked raw settings into a validated ``Job``."""
     ep = raw.get("endpoint", {})
@@ -423,7 +439,8 @@ def build_job(raw: Mapping[str, Any]) -> Job:
     d = RunConfig()
     run = RunConfig(
         output=Path(rn["output"]),
-        concurrency=rn.get("concurrency", d.concurrency),
+        concurrency=_concurrency(rn.get("concurrency", "auto")),
+        max_concurrency=rn.get("max_concurrency", d.max_concurrency),
         retries=rn.get("retries", d.retries),
         flush_interval=float(rn.get("flush_interval", d.flush_interval)),
         backoff_initial=float(rn.get("backoff_initial", d.backoff_initial)),
@@ -436,8 +453,10 @@ def build_job(raw: Mapping[str, Any]) -> Job:
     )
     if run.max_outage < 0 or run.grace_period < 0:
         raise ConfigError("max_outage and grace_period must be >= 0 seconds")
-    if run.concurrency < 1:
-        raise ConfigError(f"concurrency must be at least 1, got {run.concurrency}")
+    if run.concurrency is not None and run.concurrency < 1:
+        raise ConfigError(f'concurrency must be at least 1 or "auto", got {run.concurrency}')
+    if run.max_concurrency < 1:
+        raise ConfigError(f"max_concurrency must be at least 1, got {run.max_concurrency}")
     if run.retries < 0:
         raise ConfigError(f"retries must be >= 0, got {run.retries}")
     if run.flush_interval <= 0:

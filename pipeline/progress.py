@@ -41,6 +41,8 @@ class Tally:
     started: float = field(default_factory=time.monotonic)
 
     prompts: int = 1  # items per image
+    concurrency: int = 0  # requests allowed in flight now
+    concurrency_max: int = 0
 
     @property
     def expected(self) -> int | None:
@@ -81,7 +83,7 @@ def percentile(values: array[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
-def format_summary(t: Tally, wall_s: float, output: str, concurrency: int) -> str:
+def format_summary(t: Tally, wall_s: float, output: str) -> str:
     """The report printed when a run ends."""
     rate = t.ok / wall_s if wall_s > 0 else 0.0
     p50, p95 = percentile(t.latencies, 50), percentile(t.latencies, 95)
@@ -90,7 +92,8 @@ def format_summary(t: Tally, wall_s: float, output: str, concurrency: int) -> st
         "caption run summary",
         f"  items      {t.done} this run: {t.ok} ok, {t.failed} failed, {t.invalid} invalid"
         f"; {t.skipped} already done (skipped); {t.images} image files",
-        f"  wall time  {wall_s:.1f}s, {rate:.2f} items/s at concurrency {concurrency}",
+        f"  wall time  {wall_s:.1f}s, {rate:.2f} items/s at concurrency {t.concurrency}"
+        + (f" (peak {t.concurrency_max})" if t.concurrency_max > t.concurrency else ""),
         f"  latency    {lat} ({t.requests} requests sent)"
         + (f"; {t.outages} server outage(s) waited out" if t.outages else ""),
         f"  tokens     {t.prompt_tokens:,} prompt + {t.completion_tokens:,} completion"
@@ -113,7 +116,10 @@ class Reporter:
 
     def _postfix(self) -> str:
         t = self.tally
-        return f"ok={t.ok} failed={t.failed} invalid={t.invalid} skipped={t.skipped}"
+        return (
+            f"ok={t.ok} failed={t.failed} invalid={t.invalid} skipped={t.skipped} "
+            f"conc={t.concurrency}"
+        )
 
     def refresh(self) -> None:
         t = self.tally

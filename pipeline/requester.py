@@ -14,6 +14,7 @@ import time
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
+from .adaptive import AutoConcurrency
 from .breaker import Breaker
 from .client import ChatClient
 from .errors import PermanentError, RetryableError
@@ -33,8 +34,12 @@ class Requester:
         breaker: Breaker,
         make_row: RowMaker,
         model: str,
+        limiter: anyio.CapacityLimiter,
+        auto: AutoConcurrency | None = None,
     ) -> None:
         self.client = client
+        self.limiter = limiter  # requests in flight; its size is the current concurrency
+        self.auto = auto
         self.policy = policy
         self.breaker = breaker
         self.make_row = make_row
@@ -49,7 +54,8 @@ class Requester:
             async for item in rx:
                 if self.stopping:
                     break
-                row = await self.caption(item)
+                async with self.limiter:
+                    row = await self.caption(item)
                 with anyio.CancelScope(shield=True):
                     await rows.send(row)
 
@@ -62,6 +68,7 @@ class Requester:
             "encode_s": item.encode_s,
             "width": item.image.width,
             "height": item.image.height,
+            "concurrency": int(self.limiter.total_tokens),
         }
         attempt = 0  # attempts that count against the retry budget
         sent = 0  # requests actually sent (the ``attempts`` column)
@@ -94,6 +101,8 @@ class Requester:
                     latency_s=time.perf_counter() - t0, **common,
                 )  # fmt: skip
             self.breaker.success()
+            if self.auto is not None:
+                self.auto.observe_latency(time.perf_counter() - t0)
             if c.model and c.model != self.model and c.model not in self.other_models:
                 self.other_models.add(c.model)
                 log.warning("the server answered as model %r, not %r", c.model, self.model)

@@ -26,7 +26,8 @@ import httpx
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .breaker import Breaker, health_url, http_probe
+from .adaptive import AutoConcurrency
+from .breaker import Breaker, health_url, http_probe, metrics_url
 from .client import ChatClient
 from .collector import Collector
 from .config import Job
@@ -35,6 +36,7 @@ from .feed import Feed, FileEntry
 from .items import RequestItem, Row, RowMaker
 from .journal import Journal
 from .journal import recover as recover_journal
+from .metrics import server_load
 from .progress import Reporter, Tally
 from .requester import Requester
 from .retry import RetryPolicy
@@ -45,6 +47,8 @@ from .state import HashCache, OutputLock, load_done_keys, open_hash_cache
 log = logging.getLogger(__name__)
 
 EXIT_TEMPFAIL = 75
+AUTO_START = 16  # first concurrency of "auto"; it grows x1.5 per step while the server has room
+STEER_S = 0.25
 
 
 @dataclass(slots=True)
@@ -139,9 +143,13 @@ class Runner:
             lock.release()
 
     async def _pipeline(self, cache: HashCache, done: set[str], collector: Collector) -> None:
-        n = self.job.run.concurrency
+        fixed = self.job.run.concurrency
+        n = fixed or self.job.run.max_concurrency  # workers; the limiter sets how many send
+        auto = None if fixed else AutoConcurrency(maximum=n, limit=min(AUTO_START, n))
+        limiter = anyio.CapacityLimiter(fixed or (auto.limit if auto else n))
+        self.tally.concurrency = int(limiter.total_tokens)
         files_tx, files_rx = anyio.create_memory_object_stream[FileEntry](256)
-        items_tx, items_rx = anyio.create_memory_object_stream[RequestItem](n)
+        items_tx, items_rx = anyio.create_memory_object_stream[RequestItem](min(n, 32))
         rows_tx, rows_rx = anyio.create_memory_object_stream[Row](2 * n + 16)
         make_row = RowMaker(self.job, self.run_id)
         feed = Feed(
@@ -162,7 +170,9 @@ class Runner:
             max_outage=self.job.run.max_outage,
             on_give_up=self._outage_give_up,
         )
-        requester = Requester(client, self.policy, breaker, make_row, self.job.endpoint.model)
+        requester = Requester(
+            client, self.policy, breaker, make_row, self.job.endpoint.model, limiter, auto
+        )
         self._requester = requester
         self._feed_scope = anyio.CancelScope()
         self._work_scope = anyio.CancelScope()
@@ -171,6 +181,8 @@ class Runner:
                 outer.start_soon(collector.run, rows_rx)
                 async with anyio.create_task_group() as aux:
                     aux.start_soon(breaker.run)
+                    if auto is not None:
+                        aux.start_soon(self._steer, auto, limiter, probe_client)
                     if self.handle_signals:
                         aux.start_soon(self._watch_signals)
                     with self._work_scope:
@@ -187,6 +199,34 @@ class Runner:
             self.tally.outages = breaker.outages
             await client.aclose()
             await probe_client.aclose()
+
+    async def _steer(
+        self, auto: AutoConcurrency, limiter: anyio.CapacityLimiter, client: httpx.AsyncClient
+    ) -> None:
+        """Every STEER_S seconds: read vLLM's /metrics (if it has them) and resize the pool."""
+        url = metrics_url(self.job.endpoint.url)
+        use_metrics = True
+        while True:
+            await anyio.sleep(STEER_S)
+            load = None
+            if use_metrics:
+                try:
+                    response = await client.get(url)
+                    if response.status_code == 200:
+                        load = server_load(response.text, self.job.endpoint.model)
+                except httpx.HTTPError:
+                    pass
+                if load is None and not self.tally.ok:
+                    continue  # nothing known yet
+                if load is None:
+                    use_metrics = False
+                    log.info("no vLLM /metrics at %s: steering concurrency by latency", url)
+            limit = auto.update(load, int(limiter.borrowed_tokens))
+            if limit != limiter.total_tokens:
+                limiter.total_tokens = limit
+                log.debug("concurrency -> %d (server load %s)", limit, load)
+            self.tally.concurrency = limit
+            self.tally.concurrency_max = max(self.tally.concurrency_max, limit)
 
     async def _feed(
         self,

@@ -34,6 +34,7 @@ SCHEMA = pa.schema(
         pa.field("encode_s", pa.float64()),
         pa.field("latency_s", pa.float64()),
         pa.field("ttft_s", pa.float64()),
+        pa.field("concurrency", pa.int32()),
         pa.field("started_at", _UTC_US),
         pa.field("finished_at", _UTC_US, nullable=False),
         pa.field("run_id", pa.string(), nullable=False),

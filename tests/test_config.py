@@ -68,7 +68,8 @@ class TestLoadJob:
         assert job.input.patterns == DEFAULT_PATTERNS
         assert job.image.max_side == 896
         assert job.image.jpeg_quality == 90
-        assert job.run.concurrency == 32
+        assert job.run.concurrency is None  # "auto"
+        assert job.run.max_concurrency == 256
         assert job.run.retries == 5
         assert job.run.progress is True
         [prompt] = job.prompts
@@ -340,8 +341,8 @@ class TestInvalid:
     @pytest.mark.parametrize(
         ("parts", "match"),
         [
-            ({"run": 'output = "../out"\nconcurrency = "8"'}, r"\[run\]\.concurrency must be int"),
-            ({"run": 'output = "../out"\nconcurrency = 2.5'}, "concurrency must be int"),
+            ({"run": 'output = "../out"\nconcurrency = "lots"'}, 'must be a number or "auto"'),
+            ({"run": 'output = "../out"\nconcurrency = 2.5'}, "concurrency must be int or str"),
             ({"run": 'output = "../out"\nprogress = 1'}, "progress must be bool"),
             ({"run": "output = 3"}, "output must be str"),
             ({"prompt": f"{DEFAULT_PROMPT}\nmax_tokens = true"}, "max_tokens must be int"),

@@ -356,13 +356,15 @@ class TestSummary:
             requests=7,
             prompt_tokens=12345,
             completion_tokens=678,
+            concurrency=16,
+            concurrency_max=24,
         )
         tally.latencies.extend([1.0, 2.0, 3.0])
-        text = format_summary(tally, 10.0, "/data/out/captions", 16)
+        text = format_summary(tally, 10.0, "/data/out/captions")
         assert "6 this run: 3 ok, 1 failed, 2 invalid" in text
         assert "4 already done" in text
         assert "9 image files" in text
-        assert "0.30 items/s at concurrency 16" in text
+        assert "0.30 items/s at concurrency 16 (peak 24)" in text
         assert "p50 2.00s" in text
         assert "(7 requests sent)" in text
         assert "12,345 prompt + 678 completion" in text
@@ -370,7 +372,7 @@ class TestSummary:
 
     def test_no_latencies_and_zero_wall_time(self) -> None:
         """With nothing done the summary says n/a and does not divide by zero."""
-        text = format_summary(Tally(), 0.0, "out", 1)
+        text = format_summary(Tally(), 0.0, "out")
         assert "latency    n/a" in text
         assert "0.00 items/s" in text
         assert "0 this run: 0 ok, 0 failed, 0 invalid" in text

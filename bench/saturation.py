@@ -1,0 +1,78 @@
+"""Benchmark 1 (issue 5): does --concurrency auto saturate the server with no tuning?
+
+Simulator (own process) with 64 slots and 0.25 s per request; 3,000 small images; the pipeline
+with the default ``--concurrency auto``. Ideal throughput = slots / latency = 256 req/s.
+Reports achieved / ideal, the concurrency it settled on, and the same with a fixed 64.
+Run: .venv/bin/python bench/saturation.py [--items 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import make_images  # noqa: E402
+
+
+def sim(tmp: Path, slots: int, latency: float) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = tmp / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "sim", "--port", "0", "--port-file", str(port_file),
+         "--slots", str(slots), "--latency", str(latency)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    while not port_file.exists():
+        time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
+
+
+def run(url: str, images: Path, out: Path, conc: str) -> tuple[float, str]:
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.monotonic()
+    p = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--endpoint", url, "--input", str(images),
+         "--output", str(out), "--prompt", "Describe.", "--concurrency", conc, "--no-progress"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    wall = time.monotonic() - t0
+    summary = next((ln.strip() for ln in p.stdout.splitlines() if "wall time" in ln), "")
+    return wall, summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=3000)
+    ap.add_argument("--slots", type=int, default=64)
+    ap.add_argument("--latency", type=float, default=0.25)
+    args = ap.parse_args()
+    ideal = args.slots / args.latency
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        make_images(tmp / "images", args.items, size=(64, 48))
+        proc, url = sim(tmp, args.slots, args.latency)
+        try:
+            print(f"\n## Saturation, {time.strftime('%Y-%m-%d %H:%M')} UTC, {os.cpu_count()} cores: "
+                  f"simulator {args.slots} slots x {args.latency}s, {args.items} requests, "
+                  f"ideal {ideal:.0f} req/s (`bench/saturation.py`)\n")  # fmt: skip
+            print("| concurrency | wall s | achieved req/s | achieved / ideal | summary line |")
+            print("|---|---|---|---|---|")
+            for conc in ("auto", str(args.slots)):
+                wall, summary = run(url, tmp / "images", tmp / f"out-{conc}", conc)
+                # the wall time includes process start and the walk; the ideal excludes them
+                rate = args.items / wall
+                print(f"| {conc} | {wall:.1f} | {rate:.0f} | {rate / ideal:.3f} | {summary} |",
+                      flush=True)  # fmt: skip
+        finally:
+            proc.terminate()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    main()

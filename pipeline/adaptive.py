@@ -1,0 +1,68 @@
+"""``--concurrency auto``: find and hold the server's sweet spot. Pure logic, no IO.
+
+vLLM never answers 429: past its batch it queues requests without limit, and past its KV cache
+it preempts and recomputes. So the pool itself must not overload it, yet must keep it busy.
+
+- With vLLM's ``/metrics`` (``num_requests_waiting``, ``kv_cache_usage_perc``): keep a small
+  positive waiting queue (every batch slot filled, nothing idle between steps). Grow fast
+  (x1.5) while nothing waits and our limit is in use, then by ~10%; shrink by 20% when the
+  waiting queue grows past its band or the KV cache nears full.
+- Without metrics: latency feedback (AIMD). Latency sits at the service time while the server
+  has room and rises once requests queue; grow by ~10% while the recent latency is within 1.5x
+  of the best seen, shrink by 20% past 2x.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+
+from .metrics import ServerLoad
+
+KV_HIGH = 0.92
+
+
+@dataclass(slots=True)
+class AutoConcurrency:
+    minimum: int = 1
+    maximum: int = 256
+    limit: int = 16
+    saw_queue: bool = False  # once the server has queued, growth turns gentle
+    _latencies: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    _best: float | None = None
+
+    def observe_latency(self, seconds: float) -> None:
+        self._latencies.append(seconds)
+
+    def _bounded(self, value: float) -> int:
+        return max(self.minimum, min(self.maximum, int(value)))
+
+    def _grow(self) -> int:
+        step = self.limit * (0.1 if self.saw_queue else 0.5)
+        return self._bounded(self.limit + max(1.0, step))
+
+    def update(self, load: ServerLoad | None, in_flight: int) -> int:
+        """One control step; returns the new limit."""
+        busy = in_flight >= 0.9 * self.limit  # growing an unused limit proves nothing
+        if load is not None:
+            band = max(4.0, 0.125 * load.running)
+            if load.kv_cache >= KV_HIGH or load.waiting > band:
+                self.saw_queue = True
+                self.limit = self._bounded(self.limit * 0.8)
+            elif load.waiting >= 1:
+                self.saw_queue = True  # in the band: hold
+            elif busy:
+                self.limit = self._grow()
+            return self.limit
+        if len(self._latencies) < 8:
+            return self.limit
+        recent = statistics.median(self._latencies)
+        self._best = recent if self._best is None else min(self._best, recent)
+        if recent > 2.0 * self._best:
+            self.saw_queue = True
+            self.limit = self._bounded(self.limit * 0.8)
+            self._latencies.clear()
+        elif recent <= 1.5 * self._best and busy:
+            self.limit = self._grow()
+        return self.limit
