@@ -301,12 +301,12 @@ class TestChatClient:
         release = anyio.Event()
         client = ChatClient(
             EndpointConfig(url=URL),
-            concurrency=20,
+            concurrency=80,
             api_key=None,
             transport=httpx.MockTransport(lambda request: httpx.Response(200, json=VLLM_OK)),
         )
         try:
-            assert len(client._clients) == 3  # ceil(20 / 8)
+            assert len(client._clients) == 3  # ceil(80 / 32)
             for index, shard in enumerate(client._clients):
                 real_post = shard.post
 
