@@ -46,7 +46,9 @@ class Breaker:
         probe_initial: float = 0.25,
         probe_max: float = 10.0,
         on_give_up: Callable[[float], None] = lambda _s: None,
+        name: str = "server",
     ) -> None:
+        self.name = name
         self.probe = probe
         self.threshold = threshold
         self.max_outage = max_outage
@@ -84,7 +86,7 @@ class Breaker:
         self.outages += 1
         self._closed = anyio.Event()
         self._opened.set()
-        log.warning("server unreachable: pausing all requests and probing its health")
+        log.warning("%s unreachable: pausing its requests and probing its health", self.name)
 
     async def wait(self) -> None:
         """Return when the breaker is closed."""
@@ -96,21 +98,23 @@ class Breaker:
             await self._opened.wait()
             self._opened = anyio.Event()
             delay = self.probe_initial
+            gave_up = False
             assert self.opened_at is not None
             while True:
                 if await self.probe():
                     break
                 down = time.monotonic() - self.opened_at
-                if down >= self.max_outage:
-                    log.error("server still unreachable after %.0fs; stopping the run", down)
+                if down >= self.max_outage and not gave_up:
+                    gave_up = True
+                    log.error("%s still unreachable after %.0fs", self.name, down)
                     self.on_give_up(down)
-                    return
-                await anyio.sleep(min(delay, max(0.0, self.max_outage - down)))
+                wait = delay if gave_up else min(delay, max(0.0, self.max_outage - down))
+                await anyio.sleep(wait)
                 delay = min(delay * 2, self.probe_max)
             down = time.monotonic() - self.opened_at
             self.outage_s += down
             self._strikes = 0
-            log.warning("server healthy again after %.1fs; resuming", down)
+            log.warning("%s healthy again after %.1fs; resuming", self.name, down)
             self._closed.set()
 
 

@@ -51,7 +51,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("job", nargs="?", type=Path, help="TOML job file (optional: flags suffice)")
     g = p.add_argument_group("endpoint")
     g.add_argument(
-        "--endpoint", metavar="URL", help="OpenAI base URL, e.g. http://127.0.0.1:8102/v1"
+        "--endpoint",
+        metavar="URL",
+        action="append",
+        help="OpenAI base URL, e.g. http://127.0.0.1:8102/v1 (repeat for several servers)",
     )
     g.add_argument("--model", metavar="NAME", help="served model name, e.g. gemma3-27b")
     g.add_argument("--api-key-env", metavar="VAR", help="environment variable holding the API key")
@@ -124,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def overrides_from(args: argparse.Namespace) -> Overrides:
     return Overrides(
-        endpoint=args.endpoint,
+        endpoint=tuple(args.endpoint) if args.endpoint else None,
         model=args.model,
         api_key_env=args.api_key_env,
         timeout=args.timeout,
@@ -165,7 +168,8 @@ async def execute(job: Job) -> RunResult:
     info = await preflight(job, api_key)
     log.info(
         "endpoint %s serves %s (max_model_len %s); input %s; output %s",
-        job.endpoint.url, job.endpoint.model, info.max_model_len, job.input.root, job.run.output,
+        ", ".join(job.endpoint.urls), job.endpoint.model, info.max_model_len, job.input.root,
+        job.run.output,
     )  # fmt: skip
     return await Runner(job, api_key=api_key, handle_signals=True).run()
 

@@ -170,8 +170,10 @@ class ChatClient:
         concurrency: int,
         api_key: str | None,
         transport: httpx.AsyncBaseTransport | None = None,
+        url: str | None = None,
     ) -> None:
-        self.url = endpoint.url + "/chat/completions"
+        self.base_url = url or endpoint.url
+        self.url = self.base_url + "/chat/completions"
         self.deadline = endpoint.timeout + endpoint.connect_timeout
         self.stream = endpoint.stream
         headers = {"content-type": "application/json", "accept": "application/json"}

@@ -37,6 +37,11 @@ class EndpointConfig:
     api_key_file: Path | None = None  # or: read the key from this file
     insecure: bool = False  # skip TLS certificate verification
     stream: bool = False  # ask for SSE streaming (gives time-to-first-token per row)
+    extra_urls: tuple[str, ...] = ()  # more servers of the same model: load is spread
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url, *self.extra_urls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +115,7 @@ class Job:
 _NUM = (int, float)
 _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "endpoint": {
-        "url": (str,),
+        "url": (str, list),
         "model": (str,),
         "api_key_env": (str,),
         "api_key_file": (str,),
@@ -217,7 +222,7 @@ def read_job_file(path: Path) -> dict[str, Any]:
 class Overrides:
     """Settings given as command-line flags; ``None`` means not given."""
 
-    endpoint: str | None = None
+    endpoint: str | tuple[str, ...] | None = None  # several: requests are spread over them
     model: str | None = None
     api_key_env: str | None = None
     timeout: float | None = None
@@ -260,7 +265,11 @@ def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
         if value is not None:
             out.setdefault(section, {})[key] = value
 
-    put("endpoint", "url", ov.endpoint)
+    put(
+        "endpoint",
+        "url",
+        [ov.endpoint] if isinstance(ov.endpoint, str) else ov.endpoint and list(ov.endpoint),
+    )
     put("endpoint", "model", ov.model)
     put("endpoint", "api_key_env", ov.api_key_env)
     put("endpoint", "timeout", ov.timeout)
@@ -389,8 +398,16 @@ def build_job(raw: Mapping[str, Any]) -> Job:
     """Turn checked raw settings into a validated ``Job``."""
     ep = raw.get("endpoint", {})
     de = EndpointConfig()
+    urls = ep.get("url", de.url)
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    if not urls or not all(isinstance(u, str) for u in urls):
+        raise ConfigError("[endpoint] url must be a URL or a non-empty list of URLs")
+    urls = [u.rstrip("/") for u in urls]
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"[endpoint] url lists the same server twice: {urls}")
     endpoint = EndpointConfig(
-        url=str(ep.get("url", de.url)).rstrip("/"),
+        url=urls[0],
+        extra_urls=tuple(urls[1:]),
         model=ep.get("model", de.model),
         api_key_env=ep.get("api_key_env"),
         api_key_file=Path(ep["api_key_file"]) if "api_key_file" in ep else None,
@@ -399,11 +416,12 @@ def build_job(raw: Mapping[str, Any]) -> Job:
         timeout=float(ep.get("timeout", de.timeout)),
         connect_timeout=float(ep.get("connect_timeout", de.connect_timeout)),
     )
-    if not endpoint.url.startswith(("http://", "https://")):
-        raise ConfigError(
-            f"endpoint url must start with http:// or https://, got {endpoint.url!r} "
-            "(example: http://127.0.0.1:8102/v1)"
-        )
+    for url in endpoint.urls:
+        if not url.startswith(("http://", "https://")) or len(url.split("/")[2:3][0]) == 0:
+            raise ConfigError(
+                f"endpoint url must be http(s)://HOST[:PORT]/v1, got {url!r} "
+                "(example: http://127.0.0.1:8102/v1)"
+            )
     if endpoint.timeout <= 0 or endpoint.connect_timeout <= 0:
         raise ConfigError("endpoint timeouts must be > 0 seconds")
     inp = raw.get("input", {})

@@ -22,9 +22,11 @@ class ServerInfo:
     max_model_len: int | None
 
 
-def check_models(job: Job, status: int, payload: object, reason: str) -> ServerInfo:
+def check_models(
+    job: Job, status: int, payload: object, reason: str, url: str | None = None
+) -> ServerInfo:
     """Pure part of the preflight: judge the ``/models`` answer against the job."""
-    url = job.endpoint.url
+    url = url or job.endpoint.url
     if status in (401, 403):
         raise ConfigError(
             f"{url}/models answered {status} ({reason}): the API key was refused; set the "
@@ -60,9 +62,17 @@ def check_models(job: Job, status: int, payload: object, reason: str) -> ServerI
 async def preflight(
     job: Job, api_key: str | None, transport: httpx.AsyncBaseTransport | None = None
 ) -> ServerInfo:
-    """Query ``/models`` and check the job against it."""
+    """Query every endpoint's ``/models`` and check the job against each."""
+    infos = [await _preflight_one(job, url, api_key, transport) for url in job.endpoint.urls]
+    lens = [i.max_model_len for i in infos if i.max_model_len is not None]
+    return ServerInfo(infos[0].models, min(lens) if lens else None)
+
+
+async def _preflight_one(
+    job: Job, base: str, api_key: str | None, transport: httpx.AsyncBaseTransport | None
+) -> ServerInfo:
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    url = job.endpoint.url + "/models"
+    url = base + "/models"
     timeout = httpx.Timeout(min(job.endpoint.timeout, 30.0), connect=job.endpoint.connect_timeout)
     async with httpx.AsyncClient(
         timeout=timeout,
@@ -74,7 +84,7 @@ async def preflight(
             response = await client.get(url)
         except httpx.TransportError as exc:
             raise ConfigError(
-                f"cannot reach the endpoint {job.endpoint.url} ({type(exc).__name__}: {exc}); "
+                f"cannot reach the endpoint {base} ({type(exc).__name__}: {exc}); "
                 "is the vLLM server running and is the URL right?"
             ) from None
     try:
@@ -82,4 +92,4 @@ async def preflight(
     except ValueError:
         payload = None
     reason = server_message(response) if response.status_code != 200 else "OK"
-    return check_models(job, response.status_code, payload, reason)
+    return check_models(job, response.status_code, payload, reason, base)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from .adaptive import AutoConcurrency
 from .breaker import Breaker
-from .client import ChatClient
+from .client import ChatClient, Completion
 from .errors import PermanentError, RetryableError
 from .items import RequestItem, Row, RowMaker
 from .payload import build_body
@@ -26,22 +28,30 @@ from .schema import STATUS_FAILED, STATUS_OK, utc_now
 log = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class Route:
+    """One server: its client, its breaker, and how many requests it has in flight."""
+
+    url: str
+    client: ChatClient
+    breaker: Breaker
+    in_flight: int = 0
+
+
 class Requester:
     def __init__(
         self,
-        client: ChatClient,
+        routes: list[Route],
         policy: RetryPolicy,
-        breaker: Breaker,
         make_row: RowMaker,
         model: str,
         limiter: anyio.CapacityLimiter,
         auto: AutoConcurrency | None = None,
     ) -> None:
-        self.client = client
+        self.routes = routes
         self.limiter = limiter  # requests in flight; its size is the current concurrency
         self.auto = auto
         self.policy = policy
-        self.breaker = breaker
         self.make_row = make_row
         self.model = model
         self.stopping = False
@@ -59,11 +69,30 @@ class Requester:
                 with anyio.CancelScope(shield=True):
                     await rows.send(row)
 
+    async def route(self) -> Route:
+        """The least-loaded endpoint whose breaker is closed (waits while all are down)."""
+        while True:
+            healthy = [r for r in self.routes if not r.breaker.is_open]
+            if healthy:
+                return min(healthy, key=lambda r: r.in_flight)
+            if len(self.routes) == 1:
+                await self.routes[0].breaker.wait()
+            else:
+                await anyio.sleep(0.05)
+
+    @staticmethod
+    async def _send(route: Route, body: dict[str, Any]) -> Completion:
+        route.in_flight += 1
+        try:
+            return await route.client.complete(body)
+        finally:
+            route.in_flight -= 1
+
     async def caption(self, item: RequestItem) -> Row:
         queue_wait = time.perf_counter() - item.ready_at
         started = utc_now()
         body = build_body(self.model, item.prompt, item.text, item.image.data_uri)
-        common = {
+        common: dict[str, object] = {
             "queue_wait_s": queue_wait,
             "encode_s": item.encode_s,
             "width": item.image.width,
@@ -73,16 +102,17 @@ class Requester:
         attempt = 0  # attempts that count against the retry budget
         sent = 0  # requests actually sent (the ``attempts`` column)
         while True:
-            await self.breaker.wait()
+            route = await self.route()
             attempt += 1
             sent += 1
+            common["endpoint"] = route.url
             t0 = time.perf_counter()
             try:
-                c = await self.client.complete(body)
+                c = await self._send(route, body)
             except RetryableError as exc:
                 latency = time.perf_counter() - t0
-                if exc.outage and self.breaker.failure(certain=exc.certain):
-                    attempt -= 1  # the server is away: not this item's fault, wait for it
+                if exc.outage and route.breaker.failure(certain=exc.certain):
+                    attempt -= 1  # the server is away: not this item's fault; go elsewhere/wait
                     continue
                 if attempt >= self.policy.attempts:
                     return self.make_row(
@@ -100,7 +130,7 @@ class Requester:
                     utc_now(), error=str(exc), http_status=exc.status, attempts=sent,
                     latency_s=time.perf_counter() - t0, **common,
                 )  # fmt: skip
-            self.breaker.success()
+            route.breaker.success()
             if self.auto is not None:
                 self.auto.observe_latency(time.perf_counter() - t0)
             if c.model and c.model != self.model and c.model not in self.other_models:

@@ -36,9 +36,9 @@ from .feed import Feed, FileEntry
 from .items import RequestItem, Row, RowMaker
 from .journal import Journal
 from .journal import recover as recover_journal
-from .metrics import server_load
+from .metrics import ServerLoad, server_load
 from .progress import Reporter, Tally
-from .requester import Requester
+from .requester import Requester, Route
 from .retry import RetryPolicy
 from .schema import schema_with_job
 from .sink import PartWriter, compact, recover_compaction, remove_stale_temps
@@ -100,6 +100,7 @@ class Runner:
         self._feed_scope: anyio.CancelScope | None = None
         self._work_scope: anyio.CancelScope | None = None
         self._requester: Requester | None = None
+        self._routes: list[Route] = []
 
     # --- entry point --------------------------------------------------------------------
 
@@ -155,9 +156,6 @@ class Runner:
         feed = Feed(
             self.job, cache, done, self.tally, make_row, anyio.CapacityLimiter(self.encoders)
         )
-        client = ChatClient(
-            self.job.endpoint, concurrency=n, api_key=self.api_key, transport=self.transport
-        )
         headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         probe_client = httpx.AsyncClient(
             timeout=5.0,
@@ -165,14 +163,29 @@ class Runner:
             transport=self.transport,
             verify=not self.job.endpoint.insecure,
         )
-        breaker = Breaker(
-            http_probe(probe_client, health_url(self.job.endpoint.url)),
-            max_outage=self.job.run.max_outage,
-            on_give_up=self._outage_give_up,
-        )
-        requester = Requester(
-            client, self.policy, breaker, make_row, self.job.endpoint.model, limiter, auto
-        )
+        urls = self.job.endpoint.urls
+        per_route = -(-n // len(urls))
+        routes = [
+            Route(
+                url,
+                ChatClient(
+                    self.job.endpoint,
+                    concurrency=per_route,
+                    api_key=self.api_key,
+                    transport=self.transport,
+                    url=url,
+                ),
+                Breaker(
+                    http_probe(probe_client, health_url(url)),
+                    max_outage=self.job.run.max_outage,
+                    on_give_up=self._outage_give_up,
+                    name=url if len(urls) > 1 else "server",
+                ),
+            )
+            for url in urls
+        ]
+        self._routes = routes
+        requester = Requester(routes, self.policy, make_row, self.job.endpoint.model, limiter, auto)
         self._requester = requester
         self._feed_scope = anyio.CancelScope()
         self._work_scope = anyio.CancelScope()
@@ -180,7 +193,8 @@ class Runner:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(collector.run, rows_rx)
                 async with anyio.create_task_group() as aux:
-                    aux.start_soon(breaker.run)
+                    for route in routes:
+                        aux.start_soon(route.breaker.run)
                     if auto is not None:
                         aux.start_soon(self._steer, auto, limiter, probe_client)
                     if self.handle_signals:
@@ -196,37 +210,51 @@ class Runner:
                             rows_tx.close()
                     aux.cancel_scope.cancel()
         finally:
-            self.tally.outages = breaker.outages
-            await client.aclose()
+            self.tally.outages = sum(r.breaker.outages for r in routes)
+            for route in routes:
+                await route.client.aclose()
             await probe_client.aclose()
 
     async def _steer(
         self, auto: AutoConcurrency, limiter: anyio.CapacityLimiter, client: httpx.AsyncClient
     ) -> None:
         """Every STEER_S seconds: read vLLM's /metrics (if it has them) and resize the pool."""
-        url = metrics_url(self.job.endpoint.url)
+        urls = [metrics_url(u) for u in self.job.endpoint.urls]
         use_metrics = True
         while True:
             await anyio.sleep(STEER_S)
             load = None
             if use_metrics:
-                try:
-                    response = await client.get(url)
-                    if response.status_code == 200:
-                        load = server_load(response.text, self.job.endpoint.model)
-                except httpx.HTTPError:
-                    pass
+                load = await self._server_load(client, urls)
                 if load is None and not self.tally.ok:
                     continue  # nothing known yet
                 if load is None:
                     use_metrics = False
-                    log.info("no vLLM /metrics at %s: steering concurrency by latency", url)
+                    log.info("no vLLM /metrics at %s: steering concurrency by latency", urls[0])
             limit = auto.update(load, int(limiter.borrowed_tokens))
             if limit != limiter.total_tokens:
                 limiter.total_tokens = limit
                 log.debug("concurrency -> %d (server load %s)", limit, load)
             self.tally.concurrency = limit
             self.tally.concurrency_max = max(self.tally.concurrency_max, limit)
+
+    async def _server_load(self, client: httpx.AsyncClient, urls: list[str]) -> ServerLoad | None:
+        """vLLM's gauges summed over the endpoints (fullest KV cache); None if one lacks them."""
+        loads = []
+        for url in urls:
+            try:
+                response = await client.get(url)
+            except httpx.HTTPError:
+                return None
+            load = server_load(response.text, self.job.endpoint.model)
+            if response.status_code != 200 or load is None:
+                return None
+            loads.append(load)
+        return ServerLoad(
+            running=sum(x.running for x in loads),
+            waiting=sum(x.waiting for x in loads),
+            kv_cache=max(x.kv_cache for x in loads),
+        )
 
     async def _feed(
         self,
@@ -263,7 +291,12 @@ class Runner:
             self._work_scope.deadline = min(self._work_scope.deadline, anyio.current_time() + grace)
 
     def _outage_give_up(self, down_s: float) -> None:
-        self.stop(f"the server was unreachable for {down_s:.0f}s (max_outage)", EXIT_TEMPFAIL, 0)
+        """One breaker has been open past max_outage: stop if no endpoint is left."""
+        if all(r.breaker.is_open for r in self._routes):
+            what = "the server was" if len(self._routes) == 1 else "every endpoint was"
+            self.stop(f"{what} unreachable for {down_s:.0f}s (max_outage)", EXIT_TEMPFAIL, 0)
+        else:
+            log.warning("an endpoint has been down for %.0fs; the others carry on", down_s)
 
     async def _watch_signals(self) -> None:
         grace = self.job.run.grace_period
