@@ -23,7 +23,7 @@ from .config import Job
 from .encode import encode_image
 from .errors import InvalidImageError
 from .items import Pending, RequestItem, Row, RowMaker
-from .payload import item_key
+from .payload import item_key, request_key
 from .progress import Tally
 from .schema import STATUS_INVALID, utc_now
 from .state import HashCache
@@ -146,8 +146,12 @@ class Feed:
                 encode_s = time.perf_counter() - t0
                 del raw
                 for p in todo:
+                    rkey = request_key(
+                        image_sha256=sha, model=self.job.endpoint.model, prompt=p.prompt,
+                        text=p.text, image=self.job.image,
+                    )  # fmt: skip
                     item = RequestItem(
-                        p.key, f.relpath, sha, p.prompt, p.text, image, encode_s,
+                        p.key, rkey, f.relpath, sha, p.prompt, p.text, image, encode_s,
                         time.perf_counter(),
                     )  # fmt: skip
                     await tx.send(item)

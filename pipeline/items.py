@@ -24,6 +24,7 @@ class Pending:
 @dataclass(frozen=True, slots=True)
 class RequestItem:
     key: str
+    request_key: str  # same for identical requests (same image bytes, prompt and settings)
     relpath: str
     sha256: str
     prompt: PromptConfig

@@ -71,5 +71,34 @@ def item_key(
         "max_side": image.max_side,
         "jpeg_quality": image.jpeg_quality,
     }
-    blob = json.dumps(material, sort_keys=True, ensure_ascii=False, default=str)
+    return _digest(material)
+
+
+def request_key(
+    *, image_sha256: str, model: str, prompt: PromptConfig, text: str, image: ImageConfig
+) -> str:
+    """Id of the request itself: what is sent, whatever the file's path or the prompt's name.
+
+    Identical image content under several paths (with a prompt that does not name the path)
+    gives the same request key: it is sent once and its answer is written to every row.
+    """
+    return _digest(
+        {
+            "v": KEY_VERSION,
+            "image": image_sha256,
+            "model": model,
+            "system": prompt.system,
+            "text": text,
+            "max_tokens": prompt.max_tokens,
+            "temperature": prompt.temperature,
+            "top_p": prompt.top_p,
+            "extra": prompt.extra,
+            "max_side": image.max_side,
+            "jpeg_quality": image.jpeg_quality,
+        }
+    )
+
+
+def _digest(material: dict[str, Any]) -> str:
+    blob = json.dumps(material, sort_keys=True, ensure_ascii=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]

@@ -67,9 +67,11 @@ class Tally:
             self.failed += 1
         elif status == STATUS_INVALID:
             self.invalid += 1
-        self.requests += row.get("attempts") or 0
-        self.prompt_tokens += row.get("prompt_tokens") or 0
-        self.completion_tokens += row.get("completion_tokens") or 0
+        attempts = row.get("attempts") or 0
+        self.requests += attempts
+        if attempts:  # an answer shared with an identical image costs no tokens again
+            self.prompt_tokens += row.get("prompt_tokens") or 0
+            self.completion_tokens += row.get("completion_tokens") or 0
 
 
 def percentile(values: array[float], q: float) -> float | None:

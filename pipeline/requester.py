@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ from .retry import RetryPolicy, compute_backoff
 from .schema import STATUS_FAILED, STATUS_OK, utc_now
 
 log = logging.getLogger(__name__)
+
+SHARED_ANSWERS = 10_000  # ok answers kept for identical images met later in the run
 
 
 @dataclass(slots=True)
@@ -56,6 +59,9 @@ class Requester:
         self.model = model
         self.stopping = False
         self.other_models: set[str] = set()
+        # Identical requests in this run: the first is sent, the others wait for its answer.
+        self._pending: dict[str, anyio.Event] = {}
+        self._answers: OrderedDict[str, Completion] = OrderedDict()  # recent ok answers
 
     async def worker(
         self, rx: ObjectReceiveStream[RequestItem], rows: ObjectSendStream[Row]
@@ -89,6 +95,36 @@ class Requester:
             route.in_flight -= 1
 
     async def caption(self, item: RequestItem) -> Row:
+        """The row for ``item``; an identical request already sent or in flight is reused."""
+        rk = item.request_key
+        while rk in self._pending:
+            await self._pending[rk].wait()
+        if rk in self._answers:
+            return self._shared_row(item, self._answers[rk])
+        done = self._pending[rk] = anyio.Event()
+        try:
+            row = await self._caption(item)
+        finally:
+            del self._pending[rk]
+            done.set()
+        return row
+
+    def _remember(self, item: RequestItem, c: Completion) -> None:
+        self._answers[item.request_key] = c
+        if len(self._answers) > SHARED_ANSWERS:
+            self._answers.popitem(last=False)
+
+    def _shared_row(self, item: RequestItem, c: Completion) -> Row:
+        now = utc_now()
+        return self.make_row(
+            item.key, item.relpath, item.sha256, item.prompt, STATUS_OK, now, now,
+            caption=c.caption, finish_reason=c.finish_reason, http_status=c.status,
+            prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, attempts=0,
+            response_model=c.model, width=item.image.width, height=item.image.height,
+            error=None, queue_wait_s=time.perf_counter() - item.ready_at, encode_s=item.encode_s,
+        )  # fmt: skip
+
+    async def _caption(self, item: RequestItem) -> Row:
         queue_wait = time.perf_counter() - item.ready_at
         started = utc_now()
         body = build_body(self.model, item.prompt, item.text, item.image.data_uri)
@@ -133,6 +169,7 @@ class Requester:
             route.breaker.success()
             if self.auto is not None:
                 self.auto.observe_latency(time.perf_counter() - t0)
+            self._remember(item, c)
             if c.model and c.model != self.model and c.model not in self.other_models:
                 self.other_models.add(c.model)
                 log.warning("the server answered as model %r, not %r", c.model, self.model)

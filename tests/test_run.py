@@ -344,3 +344,21 @@ class TestStreaming:
         rows = ok_rows(tmp_path / "out")
         assert len({r["key"] for r in rows}) == len(rows) == len(images)
         assert all("simulated" in str(r["caption"]) for r in rows)
+
+
+def test_identical_images_are_sent_once(sim: SimServer, images: list[Path], tmp_path: Path) -> None:
+    """The same bytes under three more paths: one request, the caption written to every row."""
+    root = images[0].parent.parent
+    for name in ("copy1.jpg", "sub/copy2.jpg", "sub/deeper/copy3.jpg"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(images[0].read_bytes())
+    out = tmp_path / "out"
+    assert run_cli(sim, root, out, "--concurrency", "4") == 0
+    assert sim.stats()["requests"] == len(images)
+    rows = {str(r["image_path"]): r for r in ok_rows(out)}
+    assert len(rows) == len(images) + 3
+    first = rows[str(images[0].relative_to(root))]
+    copies = [rows[n] for n in ("copy1.jpg", "sub/copy2.jpg", "sub/deeper/copy3.jpg")]
+    assert {r["caption"] for r in copies} == {first["caption"]}
+    assert len({r["key"] for r in [first, *copies]}) == 4  # one row (and key) per path
+    assert sorted(int(str(r["attempts"])) for r in [first, *copies]) == [0, 0, 0, 1]
