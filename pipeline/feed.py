@@ -23,11 +23,11 @@ from .config import Job
 from .encode import encode_image
 from .errors import InvalidImageError
 from .items import Pending, RequestItem, Row, RowMaker
-from .payload import item_key, request_key
+from .payload import key_from, request_key, settings_digest
 from .progress import Tally
 from .schema import STATUS_INVALID, utc_now
 from .state import HashCache
-from .templates import render
+from .templates import render, uses_variables
 from .walker import ImageFile, walk_images
 
 WALK_BATCH = 256
@@ -72,38 +72,50 @@ class Feed:
         self.tally = tally
         self.make_row = make_row
         self.cpu = cpu
+        # Per prompt: its settings digest, and its text when it uses no $variables.
+        self._prompts = [
+            (
+                p,
+                settings_digest(job.endpoint.model, p, job.image),
+                None if uses_variables(p.text) else render(p.text, ""),  # "$$" -> "$"
+            )
+            for p in job.prompts
+        ]
 
     async def walk(self, tx: ObjectSendStream[FileEntry]) -> None:
+        """List the tree in a thread, a batch at a time; files whose items are all done (by
+        the hash cache) are counted and dropped there, never reaching the event loop."""
         files: Iterator[ImageFile] = walk_images(self.job.input.root, self.job.input.patterns)
-        cache = self.cache
+        n_prompts = len(self.job.prompts)
 
-        def next_batch() -> list[FileEntry]:
+        def next_batch() -> tuple[int, int, list[FileEntry]]:
             batch = list(itertools.islice(files, WALK_BATCH))
-            return [
-                (f, cache.lookup(f.relpath, f.size, f.mtime_ns, f.ctime_ns, f.ino)) for f in batch
-            ]
+            shas = self.cache.lookup_many(
+                [(f.relpath, f.size, f.mtime_ns, f.ctime_ns, f.ino) for f in batch]
+            )
+            todo = [
+                (f, sha) for f, sha in zip(batch, shas, strict=True)
+                if sha is None or self._todo(f, sha)
+            ]  # fmt: skip
+            return len(batch), (len(batch) - len(todo)) * n_prompts, todo
 
         async with tx:
-            while batch := await anyio.to_thread.run_sync(next_batch):
-                for entry in batch:
-                    self.tally.images += 1
+            while True:
+                seen, skipped, todo = await anyio.to_thread.run_sync(next_batch)
+                if not seen:
+                    break
+                self.tally.images += seen
+                self.tally.skipped += skipped
+                for entry in todo:
                     await tx.send(entry)
         self.tally.walk_done = True
 
     def pending(self, f: ImageFile, sha: str) -> list[Pending]:
         """Every (image, prompt) item of ``f`` with its key."""
         out = []
-        for prompt in self.job.prompts:
-            text = render(prompt.text, f.relpath)
-            key = item_key(
-                image_sha256=sha,
-                relpath=f.relpath,
-                model=self.job.endpoint.model,
-                prompt=prompt,
-                text=text,
-                image=self.job.image,
-            )
-            out.append(Pending(key, prompt, text))
+        for prompt, settings, fixed_text in self._prompts:
+            text = fixed_text if fixed_text is not None else render(prompt.text, f.relpath)
+            out.append(Pending(key_from(settings, sha, f.relpath, text), prompt, text))
         return out
 
     def _todo(self, f: ImageFile, sha: str) -> list[Pending]:

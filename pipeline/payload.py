@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import ImageConfig, PromptConfig
 
-KEY_VERSION = 1
+KEY_VERSION = 2
 
 
 def build_body(model: str, prompt: PromptConfig, text: str, data_uri: str) -> dict[str, Any]:
@@ -41,6 +41,34 @@ def build_body(model: str, prompt: PromptConfig, text: str, data_uri: str) -> di
     return body
 
 
+def settings_digest(model: str, prompt: PromptConfig, image: ImageConfig) -> bytes:
+    """The part of a key that is the same for every image of a prompt (computed once)."""
+    material = {
+        "v": KEY_VERSION,
+        "model": model,
+        "prompt": prompt.name,
+        "system": prompt.system,
+        "max_tokens": prompt.max_tokens,
+        "temperature": prompt.temperature,
+        "top_p": prompt.top_p,
+        "extra": prompt.extra,
+        "max_side": image.max_side,
+        "jpeg_quality": image.jpeg_quality,
+    }
+    blob = json.dumps(material, sort_keys=True, ensure_ascii=True, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).digest()
+
+
+def key_from(settings: bytes, image_sha256: str, relpath: str, text: str) -> str:
+    """An item key from a ``settings_digest`` and the per-image parts (fast: no JSON)."""
+    h = hashlib.sha256(settings)
+    for part in (image_sha256, relpath, text):
+        data = part.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()[:32]
+
+
 def item_key(
     *,
     image_sha256: str,
@@ -56,22 +84,7 @@ def item_key(
     text and sampling parameters, the model and the image settings. Change any of them and the
     item is new work; change none and a rerun skips it.
     """
-    material = {
-        "v": KEY_VERSION,
-        "image": image_sha256,
-        "path": relpath,
-        "model": model,
-        "prompt": prompt.name,
-        "system": prompt.system,
-        "text": text,
-        "max_tokens": prompt.max_tokens,
-        "temperature": prompt.temperature,
-        "top_p": prompt.top_p,
-        "extra": prompt.extra,
-        "max_side": image.max_side,
-        "jpeg_quality": image.jpeg_quality,
-    }
-    return _digest(material)
+    return key_from(settings_digest(model, prompt, image), image_sha256, relpath, text)
 
 
 def request_key(

@@ -122,6 +122,27 @@ class HashCache:
         sha = row[4]
         return sha if isinstance(sha, str) else None
 
+    def lookup_many(self, files: list[tuple[str, int, int, int, int]]) -> list[str | None]:
+        """``lookup`` for a batch of (relpath, size, mtime_ns, ctime_ns, ino), in one query."""
+        if not files:
+            return []
+        marks = ",".join("?" * len(files))
+        with self._db_lock:
+            found = {
+                row[0]: row[1:]
+                for row in self._db.execute(
+                    "SELECT relpath, size, mtime_ns, ctime_ns, ino, sha256 FROM files_v2 "
+                    f"WHERE relpath IN ({marks})",
+                    [f[0] for f in files],
+                )
+            }
+        out: list[str | None] = []
+        for relpath, *stamp in files:
+            row = found.get(relpath)
+            ok = row is not None and tuple(row[:4]) == tuple(stamp) and isinstance(row[4], str)
+            out.append(row[4] if ok and row is not None else None)
+        return out
+
     def remember(
         self, relpath: str, size: int, mtime_ns: int, sha256: str, ctime_ns: int = 0, ino: int = 0
     ) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-from collections.abc import Iterator
+import re
+import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +23,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ImageFile:
-    path: Path  # absolute path
+    full: str  # absolute path (a str: building a Path per file costs more than its stat)
     relpath: str  # relative to the input root, POSIX separators, always valid UTF-8
     size: int  # bytes; -1 when stat failed (the encoder reports why)
     mtime_ns: int
     ctime_ns: int = 0  # with the inode, catches edits that restore size and mtime
     ino: int = 0
+
+    @property
+    def path(self) -> Path:
+        return Path(self.full)
 
 
 def printable(name: str) -> str:
@@ -40,52 +46,65 @@ def printable(name: str) -> str:
         return raw.decode("utf-8", "backslashreplace")
 
 
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    lowered = name.lower()
-    return any(fnmatch.fnmatchcase(lowered, p.lower()) for p in patterns)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], object]:
+    """One compiled, case-insensitive regex for all the globs (8 fnmatch calls cost more)."""
+    joined = "|".join(fnmatch.translate(p) for p in patterns)
+    return re.compile(joined, re.IGNORECASE).match
 
 
 def walk_images(root: Path, patterns: tuple[str, ...]) -> Iterator[ImageFile]:
     """Yield the files under ``root`` whose name matches one of ``patterns`` (any case)."""
     root = root.resolve()
+    matches = _matcher(patterns)
     seen: set[tuple[int, int]] = set()
     st = root.stat()
     seen.add((st.st_dev, st.st_ino))
     # Each stack frame: (folder path, its relative prefix, sorted remaining names).
-    stack: list[tuple[str, str, list[str]]] = [(str(root), "", _listing(str(root)))]
+    stack: list[tuple[str, str, list[str], set[str]]] = [(str(root), "", *_listing(str(root)))]
     while stack:
-        folder, prefix, names = stack[-1]
+        folder, prefix, names, dirs = stack[-1]
         if not names:
             stack.pop()
             continue
         name = names.pop()
+        is_dir = name in dirs
+        if not is_dir and not matches(name):
+            continue  # no stat() for files that are not images
         full = os.path.join(folder, name)
         rel = f"{prefix}{printable(name)}"
         try:
             info = os.stat(full)  # follows symlinks
         except OSError:
-            if os.path.islink(full) and _matches(name, patterns):
-                yield ImageFile(Path(full), rel, -1, 0)  # dangling link: reported later
+            if os.path.islink(full) and not is_dir:
+                yield ImageFile(full, rel, -1, 0)  # dangling link: reported later
             continue
-        if os.path.isdir(full):
+        if is_dir:
             ident = (info.st_dev, info.st_ino)
             if ident in seen:
                 continue  # symlink loop or second link to a folder already walked
             seen.add(ident)
-            stack.append((full, f"{rel}/", _listing(full)))
-        elif _matches(name, patterns):
+            stack.append((full, f"{rel}/", *_listing(full)))
+        elif not stat.S_ISDIR(info.st_mode):
             yield ImageFile(
-                Path(full), rel, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino
+                full, rel, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino
             )
 
 
-def _listing(folder: str) -> list[str]:
-    """Visible names in ``folder``, sorted in reverse so that ``pop()`` yields them in order."""
+def _listing(folder: str) -> tuple[list[str], set[str]]:
+    """Visible names in ``folder`` sorted in reverse (``pop()`` yields them in order), and
+    which of them are folders (from the directory entry's type: no stat() per entry)."""
     try:
         with os.scandir(folder) as it:
-            names = [e.name for e in it if not e.name.startswith(".")]
+            entries = [(e.name, _is_dir(e)) for e in it if not e.name.startswith(".")]
     except OSError as exc:
         log.warning("skipping unreadable folder %s: %s", folder, exc.strerror or exc)
-        return []
-    names.sort(reverse=True)
-    return names
+        return [], set()
+    names = sorted((n for n, _ in entries), reverse=True)
+    return names, {n for n, d in entries if d}
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()  # follows symlinks; no syscall unless the entry is a link
+    except OSError:
+        return False

@@ -119,7 +119,7 @@ class TestRecords:
         st = (tmp_path / "a" / "pic.png").stat()
         [item] = list(walk_images(tmp_path, DEFAULT_PATTERNS))
         assert item == ImageFile(
-            (tmp_path / "a" / "pic.png").resolve(),
+            str((tmp_path / "a" / "pic.png").resolve()),
             "a/pic.png",
             st.st_size,
             st.st_mtime_ns,
