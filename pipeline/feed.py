@@ -23,7 +23,7 @@ from .config import Job
 from .encode import encode_image
 from .errors import InvalidImageError
 from .items import Pending, RequestItem, Row, RowMaker
-from .payload import key_from, request_key, settings_digest
+from .payload import key_from, settings_digest
 from .progress import Tally
 from .schema import STATUS_INVALID, utc_now
 from .state import HashCache
@@ -81,6 +81,10 @@ class Feed:
             )
             for p in job.prompts
         ]
+        self._request_settings = {
+            p.name: settings_digest(job.endpoint.model, p, job.image, named=False)
+            for p in job.prompts
+        }
 
     async def walk(self, tx: ObjectSendStream[FileEntry]) -> None:
         """List the tree in a thread, a batch at a time; files whose items are all done (by
@@ -158,10 +162,7 @@ class Feed:
                 encode_s = time.perf_counter() - t0
                 del raw
                 for p in todo:
-                    rkey = request_key(
-                        image_sha256=sha, model=self.job.endpoint.model, prompt=p.prompt,
-                        text=p.text, image=self.job.image,
-                    )  # fmt: skip
+                    rkey = key_from(self._request_settings[p.prompt.name], sha, "", p.text)
                     item = RequestItem(
                         p.key, rkey, f.relpath, sha, p.prompt, p.text, image, encode_s,
                         time.perf_counter(),

@@ -41,12 +41,18 @@ def build_body(model: str, prompt: PromptConfig, text: str, data_uri: str) -> di
     return body
 
 
-def settings_digest(model: str, prompt: PromptConfig, image: ImageConfig) -> bytes:
-    """The part of a key that is the same for every image of a prompt (computed once)."""
+def settings_digest(
+    model: str, prompt: PromptConfig, image: ImageConfig, *, named: bool = True
+) -> bytes:
+    """The part of a key that is the same for every image of a prompt (computed once).
+
+    ``named=False`` leaves the prompt's name out: for the request key, which is about what is
+    sent, not about which row it fills.
+    """
     material = {
         "v": KEY_VERSION,
         "model": model,
-        "prompt": prompt.name,
+        "prompt": prompt.name if named else None,
         "system": prompt.system,
         "max_tokens": prompt.max_tokens,
         "temperature": prompt.temperature,
@@ -95,23 +101,4 @@ def request_key(
     Identical image content under several paths (with a prompt that does not name the path)
     gives the same request key: it is sent once and its answer is written to every row.
     """
-    return _digest(
-        {
-            "v": KEY_VERSION,
-            "image": image_sha256,
-            "model": model,
-            "system": prompt.system,
-            "text": text,
-            "max_tokens": prompt.max_tokens,
-            "temperature": prompt.temperature,
-            "top_p": prompt.top_p,
-            "extra": prompt.extra,
-            "max_side": image.max_side,
-            "jpeg_quality": image.jpeg_quality,
-        }
-    )
-
-
-def _digest(material: dict[str, Any]) -> str:
-    blob = json.dumps(material, sort_keys=True, ensure_ascii=True, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+    return key_from(settings_digest(model, prompt, image, named=False), image_sha256, "", text)

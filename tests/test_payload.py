@@ -145,3 +145,15 @@ class TestItemKey:
         """Only the rendered text counts: an equivalent template renders to the same key."""
         changed = dict(BASE_ARGS, prompt=_prompt(text="Describe ${filename}"))
         assert item_key(**changed) == item_key(**BASE_ARGS)
+
+
+def test_request_key_ignores_path_and_prompt_name() -> None:
+    """The request key is the same for the same bytes and prompt under any path or name."""
+    from pipeline.payload import request_key
+
+    a = request_key(image_sha256="a" * 64, model="m", prompt=_prompt(), text="t", image=_image())
+    b = request_key(
+        image_sha256="a" * 64, model="m", prompt=_prompt(name="other"), text="t", image=_image()
+    )
+    c = request_key(image_sha256="b" * 64, model="m", prompt=_prompt(), text="t", image=_image())
+    assert a == b != c
