@@ -32,6 +32,11 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/client_scaling.py
+	$(BIN)/python bench/saturation.py
+	$(BIN)/python bench/vs_seed.py
+	$(BIN)/python bench/preprocess.py
+	$(BIN)/python bench/bookkeeping.py
+	$(BIN)/python bench/endpoints.py
 
 bench-faults: $(STAMP)
 	$(BIN)/python bench/fault_suite.py --items 1000

@@ -143,3 +143,21 @@ def test_resume_after_sigkill(tmp_path: Path) -> None:
     assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
     keys = [r["key"] for r in rows(out) if r["status"] == "ok"]
     assert len(keys) == len(set(keys)) == n
+
+
+def test_auto_concurrency_reads_real_metrics(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--concurrency auto steers by the real server's /metrics (not the latency fallback)."""
+    import logging
+
+    root = make_images(tmp_path / "img", 60, size=(64, 48), seed=33)[0].parent.parent
+    with caplog.at_level(logging.INFO):
+        code = main(["run", "--endpoint", URL, "--input", str(root), "--output",
+                     str(tmp_path / "out"), "--prompt", "Describe.", "--max-tokens", "8",
+                     "--no-progress"])  # fmt: skip
+    assert code == 0
+    assert "steering concurrency by latency" not in caplog.text
+    got = rows(tmp_path / "out")
+    assert len(got) == 60 and all(r["status"] == "ok" for r in got)
+    assert all(int(str(r["concurrency"])) >= 1 for r in got)
