@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -27,7 +29,7 @@ def run_demo(job_file: Path, *, no_progress: bool = False) -> int:
         caption = (row["caption"] or "")[:90]
         print(f"  {row['image_path']:<32} {row['prompt_name']:<12} {row['status']:<7} {caption}")
     print(
-        '\nRead it with: python -c "import pyarrow.dataset as ds; '
+        f'\nRead it with: {shlex.quote(sys.executable)} -c "import pyarrow.dataset as ds; '
         f"print(ds.dataset('{job.run.output}').to_table().slice(0, 5))\""
         "\nRun `make demo` again: it finds nothing left to do and sends no request."
     )

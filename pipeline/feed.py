@@ -14,13 +14,14 @@ import itertools
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from .config import Job
-from .encode import encode_image
+from .encode import EncodedImage, encode_image
 from .errors import InvalidImageError
 from .items import Pending, RequestItem, Row, RowMaker
 from .payload import key_from, settings_digest
@@ -32,6 +33,17 @@ from .walker import ImageFile, walk_images
 
 WALK_BATCH = 256
 FileEntry = tuple[ImageFile, str | None]  # a file and its cached sha256, if still valid
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """One file after reading: its hash, the items still to do, and the image (or why not)."""
+
+    sha: str
+    todo: list[Pending]
+    image: EncodedImage | None
+    error: str | None
+    encode_s: float
 
 
 MAX_FILE_BYTES = 1 << 30  # no image we can send is this big; refuse before reading it
@@ -125,6 +137,19 @@ class Feed:
     def _todo(self, f: ImageFile, sha: str) -> list[Pending]:
         return [p for p in self.pending(f, sha) if p.key not in self.done]
 
+    def _load(self, f: ImageFile) -> Loaded:
+        """Read, hash, find the items still to do and encode, in one worker-thread hop."""
+        raw, sha = read_file(f.path)
+        todo = self._todo(f, sha)
+        if not todo:
+            return Loaded(sha, todo, None, None, 0.0)
+        t0 = time.perf_counter()
+        try:
+            image = encode_image(raw, self.job.image)
+        except InvalidImageError as exc:
+            return Loaded(sha, todo, None, str(exc), 0.0)
+        return Loaded(sha, todo, image, None, time.perf_counter() - t0)
+
     async def prepare(
         self,
         rx: ObjectReceiveStream[FileEntry],
@@ -133,39 +158,24 @@ class Feed:
     ) -> None:
         n_prompts = len(self.job.prompts)
         async with rx, tx, rows:
-            async for f, cached_sha in rx:
-                todo: list[Pending] = []
-                if cached_sha is not None:
-                    todo = self._todo(f, cached_sha)
-                    if not todo:
-                        self.tally.skipped += n_prompts
-                        continue
+            async for f, _cached_sha in rx:
                 try:
-                    raw, sha = await anyio.to_thread.run_sync(read_file, f.path, limiter=self.cpu)
-                except InvalidImageError as exc:
+                    got = await anyio.to_thread.run_sync(self._load, f, limiter=self.cpu)
+                except InvalidImageError as exc:  # unreadable: its bytes are unknown
                     await self._invalid(rows, f, None, self.pending(f, ""), str(exc))
                     continue
-                self.cache.remember(f.relpath, f.size, f.mtime_ns, sha, f.ctime_ns, f.ino)
-                if sha != cached_sha:
-                    todo = self._todo(f, sha)
-                self.tally.skipped += n_prompts - len(todo)
-                if not todo:
+                self.cache.remember(f.relpath, f.size, f.mtime_ns, got.sha, f.ctime_ns, f.ino)
+                self.tally.skipped += n_prompts - len(got.todo)
+                if got.error is not None:
+                    await self._invalid(rows, f, got.sha, got.todo, got.error)
                     continue
-                t0 = time.perf_counter()
-                try:
-                    image = await anyio.to_thread.run_sync(
-                        encode_image, raw, self.job.image, limiter=self.cpu
-                    )
-                except InvalidImageError as exc:
-                    await self._invalid(rows, f, sha, todo, str(exc))
+                if got.image is None:
                     continue
-                encode_s = time.perf_counter() - t0
-                del raw
-                for p in todo:
-                    rkey = key_from(self._request_settings[p.prompt.name], sha, "", p.text)
+                for p in got.todo:
+                    rkey = key_from(self._request_settings[p.prompt.name], got.sha, "", p.text)
                     item = RequestItem(
-                        p.key, rkey, f.relpath, sha, p.prompt, p.text, image, encode_s,
-                        time.perf_counter(),
+                        p.key, rkey, f.relpath, got.sha, p.prompt, p.text, got.image,
+                        got.encode_s, time.perf_counter(),
                     )  # fmt: skip
                     await tx.send(item)
 
