@@ -77,6 +77,21 @@ async def bare_httpx(url: str, body: bytes, n: int, conc: int) -> float:
         return await post_loop(post, n, conc)
 
 
+async def bare_aiohttp(url: str, body: bytes, n: int, conc: int) -> float:
+    """The reference: a bare aiohttp loop posting the same bytes (no pipeline at all)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as session:
+
+        async def post() -> None:
+            async with session.post(url + "/chat/completions", data=body,
+                                    headers={"content-type": "application/json"}) as r:  # fmt: skip
+                r.raise_for_status()
+                await r.read()
+
+        return await post_loop(post, n, conc)
+
+
 async def sharded(url: str, body: dict[str, object], n: int, conc: int) -> float:
     client = ChatClient(EndpointConfig(url=url), concurrency=conc, api_key=None)
     try:
@@ -116,13 +131,15 @@ def main() -> None:
         try:
             print(f"# client scaling, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
                   f"{args.items} requests per cell, body {len(raw)} bytes, zero-latency simulator")  # fmt: skip
-            print("\n| concurrency | bare httpx, one pool (req/s) | ChatClient sharded (req/s) "
-                  "| whole pipeline (items/s) |\n|---|---|---|---|")  # fmt: skip
+            print("\n| concurrency | bare aiohttp loop (req/s) | bare httpx, one pool (req/s) "
+                  "| ChatClient sharded (req/s) | whole pipeline (items/s) | pipeline / bare aiohttp |"
+                  "\n|---|---|---|---|---|---|")  # fmt: skip
             for conc in args.conc:
+                r = anyio.run(bare_aiohttp, url, raw, args.items, conc)
                 a = anyio.run(bare_httpx, url, raw, args.items, conc)
                 b = anyio.run(sharded, url, body, args.items, conc)
                 c = pipeline_rate(url, tmp / "images", tmp / "out", conc)
-                print(f"| {conc} | {a:.0f} | {b:.0f} | {c:.0f} |", flush=True)
+                print(f"| {conc} | {r:.0f} | {a:.0f} | {b:.0f} | {c:.0f} | {c / r:.2f} |", flush=True)
         finally:
             proc.terminate()
             proc.wait()
