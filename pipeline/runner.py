@@ -28,7 +28,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .adaptive import AutoConcurrency
 from .breaker import Breaker, health_url, http_probe, metrics_url
-from .client import ChatClient
+from .client import ChatClient, tls_context
 from .collector import Collector
 from .config import Job
 from .errors import OutputError
@@ -161,7 +161,7 @@ class Runner:
             timeout=5.0,
             headers=headers,
             transport=self.transport,
-            verify=not self.job.endpoint.insecure,
+            verify=tls_context(self.job.endpoint.insecure),
         )
         urls = self.job.endpoint.urls
         per_route = -(-n // len(urls))
