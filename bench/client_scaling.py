@@ -33,6 +33,17 @@ from pipeline.payload import build_body  # noqa: E402
 from pipeline.runner import Runner  # noqa: E402
 
 
+def make_noisy(folder: Path, n: int) -> None:
+    """Pre-sized 896x672 photo-like JPEGs whose data URI is ~200 KB."""
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    base = Image.linear_gradient("L").resize((896, 672)).convert("RGB")
+    for i in range(n):
+        noise = Image.effect_noise((896, 672), 30 + i % 50).convert("RGB")
+        Image.blend(base, noise, 0.25).save(folder / f"p{i:05d}.jpg", quality=90)
+
+
 def start_sim(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     port_file = tmp / "port"
     proc = subprocess.Popen(
@@ -117,10 +128,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--conc", type=int, nargs="+", default=[16, 64, 256])
+    ap.add_argument(
+        "--big", action="store_true", help="896x672 noisy photos: ~200 KB base64 bodies"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        make_images(tmp / "images", args.items, size=(64, 48))
+        if args.big:
+            make_noisy(tmp / "images", args.items)
+        else:
+            make_images(tmp / "images", args.items, size=(64, 48))
         sample = next((tmp / "images").rglob("*.jpg"))
         uri = encode_image(sample.read_bytes(), ImageConfig()).data_uri
         body = build_body("gemma3-27b", PromptConfig(text="Describe."), "Describe.", uri)
