@@ -15,14 +15,13 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import make_images  # noqa: E402
+from helpers import down_after, make_images  # noqa: E402
 
 from pipeline.sim import FaultConfig, SimConfig, SimServer  # noqa: E402
 
@@ -61,12 +60,7 @@ def outage(tmp: Path, n: int) -> str:
     make_images(root, n, size=(48, 32), seed=6)
     with SimServer(SimConfig(slots=16, latency=0.05)) as sim:
 
-        def go_down() -> None:
-            while sim.stats()["completed"] < n // 4:
-                time.sleep(0.01)
-            sim.go_down(7.0)
-
-        threading.Thread(target=go_down, daemon=True).start()
+        down_after(sim, n // 4, 7.0)
         t0 = time.monotonic()
         p = subprocess.run(cli(sim, root, tmp / "o2", "--concurrency", "16", "--retries", "2"),
                            capture_output=True)  # fmt: skip

@@ -22,12 +22,18 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .client import resolve_api_key
 from .config import Job, Overrides, load_job
-from .errors import ConfigError, OutputBusyError, OutputError
+from .errors import (
+    EXIT_SOFTWARE,
+    EXIT_TEMPFAIL,
+    EXIT_USAGE,
+    ConfigError,
+    OutputBusyError,
+    OutputError,
+)
 from .preflight import preflight
 from .progress import format_summary
 from .runner import Runner, RunResult
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SOFTWARE, EXIT_TEMPFAIL = 0, 1, 2, 70, 75
 log = logging.getLogger("pipeline")
 
 
@@ -178,7 +184,7 @@ def run_job(job: Job) -> int:
     """Run ``job``, print the summary, return the exit code."""
     with logging_redirect_tqdm():
         result = anyio.run(execute, job)
-    print(format_summary(result.tally, result.wall_s, str(result.output)))
+    print(format_summary(result.tally, result.wall_s, f"{result.output} (run {result.run_id})"))
     if result.stop_reason is not None:
         again = shlex.join(["caption", *sys.argv[1:]]) if sys.argv[1:] else "the same command"
         print(

@@ -13,14 +13,24 @@
     │       │                         whether it looks like a server outage
     │       └── PermanentError        not worth another attempt (other 4xx); keeps the
     │                                 server's message
-    ├── OutageError                   the server stayed away longer than max_outage (exit 75)
     └── OutputError                   the output directory cannot be used (exit code 2)
         └── OutputBusyError           another run holds the output's lock (exit code 75)
 
-Anything else that escapes is a bug and crashes loudly.
+Anything else that escapes is a bug: ``caption`` prints it and exits 70.
+
+Exit codes (one table, used by the runner and the CLI): 0 no item failed in this run,
+1 some items failed, 2 usage/configuration/output error, 70 internal error, 75 try later
+(output locked by another run, or the server away longer than max_outage), 130/143 stopped
+by SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SOFTWARE = 70
+EXIT_TEMPFAIL = 75
 
 
 class CaptionError(Exception):
@@ -71,10 +81,6 @@ class RetryableError(RequestError):
         self.retry_after = retry_after
         self.outage = outage or certain  # looks like the server is away, not this item's fault
         self.certain = certain  # connection refused: the server is surely down
-
-
-class OutageError(CaptionError):
-    """The server stayed unreachable longer than ``max_outage``; the run stopped (exit 75)."""
 
 
 class PermanentError(RequestError):

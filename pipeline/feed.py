@@ -32,7 +32,6 @@ from .templates import render, uses_variables
 from .walker import ImageFile, walk_images
 
 WALK_BATCH = 256
-FileEntry = tuple[ImageFile, str | None]  # a file and its cached sha256, if still valid
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,21 +97,20 @@ class Feed:
             for p in job.prompts
         }
 
-    async def walk(self, tx: ObjectSendStream[FileEntry]) -> None:
+    async def walk(self, tx: ObjectSendStream[ImageFile]) -> None:
         """List the tree in a thread, a batch at a time; files whose items are all done (by
         the hash cache) are counted and dropped there, never reaching the event loop."""
         files: Iterator[ImageFile] = walk_images(self.job.input.root, self.job.input.patterns)
         n_prompts = len(self.job.prompts)
 
-        def next_batch() -> tuple[int, int, list[FileEntry]]:
+        def next_batch() -> tuple[int, int, list[ImageFile]]:
             batch = list(itertools.islice(files, WALK_BATCH))
             shas = self.cache.lookup_many(
                 [(f.relpath, f.size, f.mtime_ns, f.ctime_ns, f.ino) for f in batch]
             )
             todo = [
-                (f, sha) for f, sha in zip(batch, shas, strict=True)
-                if sha is None or self._todo(f, sha)
-            ]  # fmt: skip
+                f for f, sha in zip(batch, shas, strict=True) if sha is None or self._todo(f, sha)
+            ]
             return len(batch), (len(batch) - len(todo)) * n_prompts, todo
 
         async with tx:
@@ -152,13 +150,13 @@ class Feed:
 
     async def prepare(
         self,
-        rx: ObjectReceiveStream[FileEntry],
+        rx: ObjectReceiveStream[ImageFile],
         tx: ObjectSendStream[RequestItem],
         rows: ObjectSendStream[Row],
     ) -> None:
         n_prompts = len(self.job.prompts)
         async with rx, tx, rows:
-            async for f, _cached_sha in rx:
+            async for f in rx:
                 try:
                     got = await anyio.to_thread.run_sync(self._load, f, limiter=self.cpu)
                 except InvalidImageError as exc:  # unreadable: its bytes are unknown

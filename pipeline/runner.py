@@ -18,7 +18,7 @@ import os
 import secrets
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -31,8 +31,8 @@ from .breaker import Breaker, health_url, http_probe, metrics_url
 from .client import ChatClient, tls_context
 from .collector import Collector
 from .config import Job
-from .errors import OutputError
-from .feed import Feed, FileEntry
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_TEMPFAIL, OutputError
+from .feed import Feed
 from .items import RequestItem, Row, RowMaker
 from .journal import Journal
 from .journal import recover as recover_journal
@@ -43,10 +43,10 @@ from .retry import RetryPolicy
 from .schema import schema_with_job
 from .sink import PartWriter, compact, recover_compaction, remove_stale_temps
 from .state import HashCache, OutputLock, load_done_keys, open_hash_cache
+from .walker import ImageFile
 
 log = logging.getLogger(__name__)
 
-EXIT_TEMPFAIL = 75
 AUTO_START = 16  # first concurrency of "auto"; it grows x1.5 per step while the server has room
 STEER_S = 0.25
 
@@ -57,7 +57,6 @@ class RunResult:
     run_id: str
     output: Path
     wall_s: float
-    parts: list[Path] = field(default_factory=list)
     stop_reason: str | None = None
     stop_code: int | None = None
 
@@ -65,7 +64,7 @@ class RunResult:
     def exit_code(self) -> int:
         if self.stop_code is not None:
             return self.stop_code
-        return 1 if self.tally.failed else 0
+        return EXIT_FAILED if self.tally.failed else EXIT_OK
 
 
 def new_run_id() -> str:
@@ -133,13 +132,8 @@ class Runner:
                 journal.close()
                 await anyio.to_thread.run_sync(cache.close)
             wall = time.monotonic() - started
-            merged = await anyio.to_thread.run_sync(
-                compact, out, self.run_id, writer.parts, writer.schema
-            )
-            parts = [merged] if merged else writer.parts
-            return RunResult(
-                self.tally, self.run_id, out, wall, parts, self.stop_reason, self.stop_code
-            )
+            await anyio.to_thread.run_sync(compact, out, self.run_id, writer.parts, writer.schema)
+            return RunResult(self.tally, self.run_id, out, wall, self.stop_reason, self.stop_code)
         finally:
             lock.release()
 
@@ -149,7 +143,7 @@ class Runner:
         auto = None if fixed else AutoConcurrency(maximum=n, limit=min(AUTO_START, n))
         limiter = anyio.CapacityLimiter(fixed or (auto.limit if auto else n))
         self.tally.concurrency = int(limiter.total_tokens)
-        files_tx, files_rx = anyio.create_memory_object_stream[FileEntry](256)
+        files_tx, files_rx = anyio.create_memory_object_stream[ImageFile](256)
         items_tx, items_rx = anyio.create_memory_object_stream[RequestItem](min(n, 32))
         rows_tx, rows_rx = anyio.create_memory_object_stream[Row](2 * n + 16)
         make_row = RowMaker(self.job, self.run_id)
@@ -259,8 +253,8 @@ class Runner:
     async def _feed(
         self,
         feed: Feed,
-        files_tx: MemoryObjectSendStream[FileEntry],
-        files_rx: MemoryObjectReceiveStream[FileEntry],
+        files_tx: MemoryObjectSendStream[ImageFile],
+        files_rx: MemoryObjectReceiveStream[ImageFile],
         items_tx: MemoryObjectSendStream[RequestItem],
         rows_tx: MemoryObjectSendStream[Row],
     ) -> None:

@@ -112,15 +112,8 @@ class HashCache:
     def lookup(
         self, relpath: str, size: int, mtime_ns: int, ctime_ns: int = 0, ino: int = 0
     ) -> str | None:
-        with self._db_lock:
-            row = self._db.execute(
-                "SELECT size, mtime_ns, ctime_ns, ino, sha256 FROM files_v2 WHERE relpath = ?",
-                (relpath,),
-            ).fetchone()
-        if row is None or tuple(row[:4]) != (size, mtime_ns, ctime_ns, ino):
-            return None
-        sha = row[4]
-        return sha if isinstance(sha, str) else None
+        """The cached sha256 of ``relpath`` if its size, mtime, ctime and inode still match."""
+        return self.lookup_many([(relpath, size, mtime_ns, ctime_ns, ino)])[0]
 
     def lookup_many(self, files: list[tuple[str, int, int, int, int]]) -> list[str | None]:
         """``lookup`` for a batch of (relpath, size, mtime_ns, ctime_ns, ino), in one query."""

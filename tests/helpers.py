@@ -5,12 +5,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
+import threading
+import time
 from pathlib import Path
 
 from PIL import Image
 
 from pipeline.config import ImageConfig
 from pipeline.encode import encode_image
+from pipeline.sim import SimServer
 
 
 def make_images(
@@ -36,3 +39,16 @@ def sent_marker(path: Path, cfg: ImageConfig | None = None) -> str:
     uri = encode_image(path.read_bytes(), cfg or ImageConfig()).data_uri
     raw = base64.b64decode(uri.split(",", 1)[1])
     return hashlib.sha256(raw).hexdigest()[:12]
+
+
+def down_after(sim: SimServer, completed: int, seconds: float) -> threading.Thread:
+    """Take ``sim`` down for ``seconds`` once it has answered ``completed`` requests."""
+
+    def watch() -> None:
+        while sim.stats()["completed"] < completed:
+            time.sleep(0.01)
+        sim.go_down(seconds)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread

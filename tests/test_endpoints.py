@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import pyarrow.dataset as ds
-from helpers import make_images
+from helpers import down_after, make_images
 
 from pipeline.cli import main
 from pipeline.sim import SimConfig, SimServer
@@ -42,13 +40,7 @@ def test_a_dead_endpoint_is_ejected_and_probed_back(tmp_path: Path) -> None:
         SimServer(SimConfig(slots=4, latency=0.05)) as a,
         SimServer(SimConfig(slots=4, latency=0.05)) as b,
     ):
-
-        def outage() -> None:
-            while b.stats()["completed"] < 20:
-                time.sleep(0.01)
-            b.go_down(1.5)
-
-        threading.Thread(target=outage, daemon=True).start()
+        down_after(b, 20, 1.5)
         code = run(
             [a.base_url, b.base_url], root, tmp_path / "o", "--concurrency", "8", "--retries", "1"
         )

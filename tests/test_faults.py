@@ -10,13 +10,12 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
-from helpers import make_images
+from helpers import down_after, make_images
 
 from pipeline.cli import main
 from pipeline.sim import FaultConfig, SimConfig, SimServer
@@ -62,13 +61,7 @@ def test_seven_second_outage_mid_run(tmp_path: Path) -> None:
     n = 160
     root = make_images(tmp_path / "img", n, size=(48, 32))[0].parent.parent
     with SimServer(SimConfig(slots=8, latency=0.05)) as sim:
-
-        def outage() -> None:
-            while sim.stats()["completed"] < n // 4:
-                time.sleep(0.01)
-            sim.go_down(7.0)
-
-        threading.Thread(target=outage, daemon=True).start()
+        down_after(sim, n // 4, 7.0)
         t0 = time.monotonic()
         code = main(cmd(sim, root, tmp_path / "out", "--concurrency", "8", "--retries", "2"))
         wall = time.monotonic() - t0
@@ -87,13 +80,7 @@ def test_outage_longer_than_max_outage_exits_75(
     n = 80
     root = make_images(tmp_path / "img", n, size=(48, 32))[0].parent.parent
     with SimServer(SimConfig(slots=4, latency=0.05)) as sim:
-
-        def outage() -> None:
-            while sim.stats()["completed"] < 10:
-                time.sleep(0.01)
-            sim.go_down(60.0)
-
-        threading.Thread(target=outage, daemon=True).start()
+        down_after(sim, 10, 60.0)
         t0 = time.monotonic()
         code = main(cmd(sim, root, tmp_path / "out", "--concurrency", "4", "--max-outage", "2"))
         wall = time.monotonic() - t0
