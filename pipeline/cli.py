@@ -33,6 +33,7 @@ from .errors import (
 from .preflight import preflight
 from .progress import format_summary
 from .runner import Runner, RunResult
+from .schema import skip_pandas_probe
 
 log = logging.getLogger("pipeline")
 
@@ -80,6 +81,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-side", type=int, metavar="PX", help="longest image side sent (896)")
     g.add_argument("--jpeg-quality", type=int, metavar="Q", help="JPEG quality sent (90)")
     g.add_argument("--max-pixels", type=int, metavar="N", help="refuse larger images (179M)")
+    g.add_argument(
+        "--reencode",
+        action="store_true",
+        help="re-encode every image, even JPEGs already fit to send as they are",
+    )
     g = p.add_argument_group("prompt (replaces the job's prompts / overrides their settings)")
     g.add_argument("--prompt-file", metavar="FILE", help="prompt text from a file")
     g.add_argument("--prompt", metavar="TEXT", help="prompt text")
@@ -164,6 +170,7 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
         insecure=args.insecure,
         max_pixels=args.max_pixels,
         retry_invalid=args.retry_invalid,
+        reencode=args.reencode,
         stream=args.stream,
     )
 
@@ -182,6 +189,7 @@ async def execute(job: Job) -> RunResult:
 
 def run_job(job: Job) -> int:
     """Run ``job``, print the summary, return the exit code."""
+    skip_pandas_probe()
     with logging_redirect_tqdm():
         result = anyio.run(execute, job)
     print(format_summary(result.tally, result.wall_s, f"{result.output} (run {result.run_id})"))

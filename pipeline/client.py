@@ -1,11 +1,13 @@
 """The HTTP client: one chat-completion request body -> ``Completion`` or a classified error.
 
-One attempt per call; the runner owns retries. Requests go through a few ``httpx.AsyncClient``
-shards of at most 32 connections, each on an aiohttp transport (``httpx-aiohttp``, the route
-openai-python took), the least busy shard first. Measured on this project's 2-core machine
-(``make bench``): one httpx client with one big pool falls from ~300 req/s at 16 concurrent
-requests to ~95 at 256; small native httpx pools hold ~600-800; the aiohttp-backed shards hold
-~1,000-1,350 req/s at 16, 64 and 256.
+One attempt per call; the runner owns retries. Requests go straight to a few aiohttp-backed
+httpx transports (``httpx-aiohttp``, the route openai-python took) of at most 32 connections
+each, the least busy first. Measured on this project's 2-core machine (``make bench``): one
+httpx client with one big pool falls from ~300 req/s at 16 concurrent requests to ~95 at 256;
+small native httpx pools hold ~600-800; aiohttp-backed shards ~1,000-1,350. The shards are
+called through httpx's transport API (``handle_async_request``), not through
+``AsyncClient``: the client layer (URL merging, cookie jar, auth and redirect hooks), none of
+which a POST to one fixed URL needs, cost more CPU per request than aiohttp itself (py-spy).
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ import anyio
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from . import __version__
 from .breaker import OUTAGE_STATUS
 from .config import DEFAULT_API_KEY_ENVS, EndpointConfig
 from .errors import ConfigError, PermanentError, RetryableError
+from .payload import encode_body
 from .retry import is_retryable_status, parse_retry_after
 from .stream import StreamState
 
 CONNECTIONS_PER_SHARD = 32
+USER_AGENT = f"caption/{__version__}"
 MAX_ANSWER_BYTES = 4 * 1024 * 1024  # a caption is text; anything bigger is not an answer
 
 
@@ -181,50 +186,54 @@ class ChatClient:
         url: str | None = None,
     ) -> None:
         self.base_url = url or endpoint.url
-        self.url = self.base_url + "/chat/completions"
+        self.url = httpx.URL(self.base_url + "/chat/completions")
         self.deadline = endpoint.timeout + endpoint.connect_timeout
         self.stream = endpoint.stream
-        headers = {"content-type": "application/json", "accept": "application/json"}
+        headers = {
+            "content-type": "application/json",
+            "accept": "application/json",
+            "user-agent": USER_AGENT,
+        }
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
+        self._headers = httpx.Headers(headers)
+        self._extensions = {"timeout": make_timeout(endpoint).as_dict()}
         shards = max(1, -(-concurrency // CONNECTIONS_PER_SHARD))
         per_shard = -(-concurrency // shards)
         limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
         tls = tls_context(endpoint.insecure)
-        self._clients = [
-            httpx.AsyncClient(
-                headers=headers,
-                timeout=make_timeout(endpoint),
-                limits=limits,
-                transport=transport or AiohttpTransport(limits=limits, verify=tls, trust_env=False),
-                follow_redirects=False,
-                verify=tls,
-            )
+        self._shards: list[httpx.AsyncBaseTransport] = [
+            transport or AiohttpTransport(limits=limits, verify=tls, trust_env=False)
             for _ in range(shards)
         ]
         self._busy = [0] * shards
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         """Send one request; return the completion or raise Retryable/PermanentError."""
-        if self.stream:
-            body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        content = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        content = encode_body(body, stream=self.stream)
         # The least busy shard, so no pool queues while another has free connections.
         shard = min(range(len(self._busy)), key=self._busy.__getitem__)
         self._busy[shard] += 1
         try:
-            return await self._send(self._clients[shard], content)
+            return await self._send(self._shards[shard], content)
         finally:
             self._busy[shard] -= 1
 
-    async def _send(self, client: httpx.AsyncClient, content: bytes) -> Completion:
+    async def _send(self, transport: httpx.AsyncBaseTransport, content: bytes) -> Completion:
+        request = httpx.Request(
+            "POST", self.url, headers=self._headers, content=content, extensions=self._extensions
+        )
         try:
             # httpx's read timeout restarts with every chunk; a slow drip must not hold a
             # worker for ever, so the whole exchange also has a deadline.
             with anyio.fail_after(self.deadline):
-                if self.stream:
-                    return await self._streamed(client, content)
-                response = await client.post(self.url, content=content)
+                response = await transport.handle_async_request(request)
+                try:
+                    if self.stream and response.status_code == 200:
+                        return await self._streamed(response)
+                    await response.aread()
+                finally:
+                    await response.aclose()
         except TimeoutError:
             raise RetryableError(
                 f"timeout: no complete answer within {self.deadline:.0f}s"
@@ -245,17 +254,13 @@ class ChatClient:
             return parse_completion(response)
         raise error_for(response)
 
-    async def _streamed(self, client: httpx.AsyncClient, content: bytes) -> Completion:
+    async def _streamed(self, response: httpx.Response) -> Completion:
         t0 = time.perf_counter()
         ttft: float | None = None
         state = StreamState()
-        async with client.stream("POST", self.url, content=content) as response:
-            if response.status_code != 200:
-                await response.aread()
-                raise error_for(response)
-            async for line in response.aiter_lines():
-                if state.feed(line) and ttft is None:
-                    ttft = time.perf_counter() - t0
+        async for line in response.aiter_lines():
+            if state.feed(line) and ttft is None:
+                ttft = time.perf_counter() - t0
         usage = state.usage
         return Completion(
             caption=_valid_utf8(state.text()),
@@ -268,5 +273,5 @@ class ChatClient:
         )
 
     async def aclose(self) -> None:
-        for client in self._clients:
-            await client.aclose()
+        for transport in self._shards:
+            await transport.aclose()

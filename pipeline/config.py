@@ -55,6 +55,7 @@ class ImageConfig:
     max_side: int = 896  # Gemma 3's vision input is 896 x 896
     jpeg_quality: int = 90
     max_pixels: int = 178_956_970  # larger images are refused (decompression-bomb guard)
+    passthrough: bool = True  # send JPEGs that are already RGB, upright and small enough as is
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +126,12 @@ _SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
         "connect_timeout": _NUM,
     },
     "input": {"root": (str,), "patterns": (list,)},
-    "image": {"max_side": (int,), "jpeg_quality": (int,), "max_pixels": (int,)},
+    "image": {
+        "max_side": (int,),
+        "jpeg_quality": (int,),
+        "max_pixels": (int,),
+        "passthrough": (bool,),
+    },
     "prompt": {
         "name": (str,),
         "system": (str,),
@@ -254,6 +260,7 @@ class Overrides:
     max_pixels: int | None = None
     retry_invalid: bool = False
     stream: bool = False
+    reencode: bool = False  # never pass a JPEG through as it is
 
 
 def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
@@ -285,6 +292,8 @@ def apply_overrides(raw: dict[str, Any], ov: Overrides) -> dict[str, Any]:
         put("endpoint", "stream", True)
     if ov.retry_invalid:
         put("run", "retry_invalid", True)
+    if ov.reencode:
+        put("image", "passthrough", False)
     put("image", "max_pixels", ov.max_pixels)
     put("input", "patterns", None if ov.patterns is None else list(ov.patterns))
     put("image", "jpeg_quality", ov.jpeg_quality)
@@ -439,6 +448,7 @@ def build_job(raw: Mapping[str, Any]) -> Job:
         max_side=im.get("max_side", di.max_side),
         jpeg_quality=im.get("jpeg_quality", di.jpeg_quality),
         max_pixels=im.get("max_pixels", di.max_pixels),
+        passthrough=im.get("passthrough", di.passthrough),
     )
     if image.max_pixels < 1:
         raise ConfigError(f"image max_pixels must be >= 1, got {image.max_pixels}")

@@ -3,8 +3,16 @@
 EXIF orientation is applied (the model sees the picture upright), every mode becomes RGB
 (alpha is composited on white, 16-bit is scaled to 8-bit), the longest side is reduced to
 ``max_side`` (big JPEGs are decoded in draft mode at a reduced scale first, which is several
-times faster than a full decode), and the result is re-encoded as JPEG. Pure CPU work: the
-runner calls it in a worker thread, never on the event loop.
+times faster than a full decode), and the result is re-encoded as JPEG.
+
+A JPEG that already is what that would produce -- RGB, upright (no EXIF rotation), within
+``max_side``, and complete (its headers parse and it ends with the end-of-image marker) -- is
+sent as it is (``[image] passthrough``, on by default): a second lossy generation would only
+cost CPU (~9 ms for 896x672) and quality. A cut-off file has no end marker and takes the full
+decode, which rejects it. Not caught without decoding: damaged Huffman tables inside an
+otherwise complete file; the server refuses those and the row is an ``error`` with its message.
+
+Pure CPU work: the runner calls it in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -54,6 +62,25 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
+_EXIF_ORIENTATION = 0x0112
+
+
+def _fit_to_send(raw: bytes, im: Image.Image, max_side: int) -> bool:
+    """True if ``im`` (just opened from ``raw``) is a whole JPEG that re-encoding would not
+    change but degrade."""
+    return (
+        im.format == "JPEG"
+        and im.mode == "RGB"
+        and max(im.size) <= max_side
+        and raw.endswith(b"\xff\xd9")  # end of image: not cut off
+        and im.getexif().get(_EXIF_ORIENTATION, 1) == 1
+    )
+
+
+def _data_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
 def encode_image(raw: bytes, cfg: ImageConfig) -> EncodedImage:
     """Decode ``raw``, normalise it and return the JPEG data URI; ``InvalidImageError`` if bad."""
     if not raw:
@@ -66,6 +93,8 @@ def encode_image(raw: bytes, cfg: ImageConfig) -> EncodedImage:
                 f"image too large: {src_w}x{src_h} pixels is over the limit of "
                 f"{cfg.max_pixels:,} ([image] max_pixels, a decompression-bomb guard)"
             )
+        if cfg.passthrough and _fit_to_send(raw, opened, cfg.max_side):
+            return EncodedImage(_data_uri(raw), src_w, src_h, src_w, src_h, len(raw))
         if opened.format == "JPEG":
             # Decode at 1/2, 1/4 or 1/8 scale while staying >= the final size.
             opened.draft("RGB", _target_size(src_w, src_h, cfg.max_side))
@@ -85,5 +114,4 @@ def encode_image(raw: bytes, cfg: ImageConfig) -> EncodedImage:
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImageError(f"cannot decode image: {exc}") from None
     data = out.getvalue()
-    uri = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
-    return EncodedImage(uri, im.width, im.height, src_w, src_h, len(data))
+    return EncodedImage(_data_uri(data), im.width, im.height, src_w, src_h, len(data))

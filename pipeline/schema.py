@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.abc
 import json
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 from typing import Any
 
 import pyarrow as pa
@@ -59,3 +64,31 @@ def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     """Rows (dicts with the schema's names; missing names are null) -> a typed Arrow table."""
     columns = {name: [row.get(name) for row in rows] for name in schema.names}
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname == "pandas" or fullname.startswith("pandas."):
+            raise ImportError("caption: pandas is not needed to write rows")
+        return None
+
+
+def skip_pandas_probe() -> None:
+    """Keep pyarrow from importing pandas when the run builds its first table.
+
+    The first time pyarrow converts Python objects it checks whether pandas is installed by
+    importing it: ~1.2 s of CPU holding the GIL, in the middle of a run (py-spy; it was a
+    quarter of a 1,000-image benchmark run). The CLI answers that probe "no" once, at start;
+    pyarrow tries again for real when pandas is actually asked for (``to_pandas``), so nothing
+    is lost. Process-wide, hence only called by the command line, not on import.
+    """
+    if "pandas" in sys.modules:
+        return
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(finder)

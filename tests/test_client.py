@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from httpx_aiohttp import AiohttpTransport
 
 from pipeline.client import (
     MAX_ANSWER_BYTES,
@@ -206,6 +207,9 @@ class TestChatClient:
         assert request.method == "POST"
         assert str(request.url) == URL + "/chat/completions"
         assert request.headers["content-type"] == "application/json"
+        assert request.headers["user-agent"].startswith("caption/")
+        assert request.headers["host"] == httpx.URL(URL).netloc.decode()
+        assert int(request.headers["content-length"]) == len(request.content)
         assert json.loads(request.content) == BODY
 
     @pytest.mark.anyio
@@ -295,29 +299,29 @@ class TestChatClient:
 
     @pytest.mark.anyio
     async def test_concurrent_requests_go_to_the_least_busy_shard(self) -> None:
-        """Concurrency above one shard's size makes several clients; load spreads evenly."""
+        """Concurrency above one shard's size makes several pools; load spreads evenly."""
         in_flight = [0, 0, 0]
         peak = [0, 0, 0]
         release = anyio.Event()
-        client = ChatClient(
-            EndpointConfig(url=URL),
-            concurrency=80,
-            api_key=None,
-            transport=httpx.MockTransport(lambda request: httpx.Response(200, json=VLLM_OK)),
-        )
+
+        class Counting(httpx.AsyncBaseTransport):
+            def __init__(self, index: int) -> None:
+                self.index = index
+
+            async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+                in_flight[self.index] += 1
+                peak[self.index] = max(peak[self.index], in_flight[self.index])
+                await release.wait()
+                in_flight[self.index] -= 1
+                return httpx.Response(200, json=VLLM_OK)
+
+        client = ChatClient(EndpointConfig(url=URL), concurrency=80, api_key=None)
         try:
-            assert len(client._clients) == 3  # ceil(80 / 32)
-            for index, shard in enumerate(client._clients):
-                real_post = shard.post
-
-                async def post(*args: Any, _i: int = index, _p: Any = real_post, **kw: Any) -> Any:
-                    in_flight[_i] += 1
-                    peak[_i] = max(peak[_i], in_flight[_i])
-                    await release.wait()
-                    in_flight[_i] -= 1
-                    return await _p(*args, **kw)
-
-                shard.post = post  # type: ignore[method-assign]
+            assert len(client._shards) == 3  # ceil(80 / 32)
+            for shard in client._shards:
+                assert isinstance(shard, AiohttpTransport)
+                await shard.aclose()
+            client._shards = [Counting(i) for i in range(3)]
             async with anyio.create_task_group() as tg:
                 for _ in range(18):
                     tg.start_soon(client.complete, BODY)

@@ -13,6 +13,7 @@ from pipeline.config import (
     DEFAULT_PATTERNS,
     DEFAULT_SYSTEM,
     EndpointConfig,
+    ImageConfig,
     Job,
     Overrides,
     load_job,
@@ -84,7 +85,7 @@ class TestLoadJob:
             endpoint='url = "https://gpu.example:8000/v1/"\nmodel = "m"\n'
             'api_key_env = "K"\ntimeout = 30\nconnect_timeout = 2.5',
             input_='root = "../images"\npatterns = ["*.png"]',
-            image="max_side = 512\njpeg_quality = 80",
+            image="max_side = 512\njpeg_quality = 80\npassthrough = false",
             prompt='name = "d"\ntext = "Hi $stem"\nsystem = "S"\nmax_tokens = 64\n'
             "temperature = 0\ntop_p = 1\nextra = { seed = 3 }",
             run='output = "../out"\nconcurrency = 4\nretries = 0\nflush_interval = 0.5\n'
@@ -95,7 +96,7 @@ class TestLoadJob:
             "https://gpu.example:8000/v1", "m", "K", timeout=30.0, connect_timeout=2.5
         )
         assert job.input.patterns == ("*.png",)
-        assert (job.image.max_side, job.image.jpeg_quality) == (512, 80)
+        assert job.image == ImageConfig(max_side=512, jpeg_quality=80, passthrough=False)
         [p] = job.prompts
         assert (p.name, p.text, p.system, p.max_tokens) == ("d", "Hi $stem", "S", 64)
         assert (p.temperature, p.top_p, dict(p.extra), p.file) == (0.0, 1.0, {"seed": 3}, None)
@@ -194,6 +195,7 @@ class TestOverrides:
             (Overrides(connect_timeout=1.5), "endpoint.connect_timeout", 1.5),
             (Overrides(patterns=("*.png", "*.JPG")), "input.patterns", ("*.png", "*.JPG")),
             (Overrides(jpeg_quality=70), "image.jpeg_quality", 70),
+            (Overrides(reencode=True), "image.passthrough", False),
             (Overrides(backoff_initial=0.1), "run.backoff_initial", 0.1),
             (Overrides(backoff_max=3.0), "run.backoff_max", 3.0),
             (Overrides(retry_after_max=9.0), "run.retry_after_max", 9.0),

@@ -189,6 +189,84 @@ class TestModes:
         assert close(out.getpixel((10, 5)), (0, 128, 0))
 
 
+class TestPassthrough:
+    """JPEGs that are already RGB, upright and within max_side are sent byte for byte."""
+
+    def test_fit_jpeg_sent_as_is(self) -> None:
+        raw = save(noise((320, 240)), "JPEG", quality=97)
+        enc = encode_image(raw, ImageConfig(max_side=320))
+        assert enc.data_uri == PREFIX + base64.b64encode(raw).decode()
+        assert (enc.width, enc.height, enc.jpeg_bytes) == (320, 240, len(raw))
+        assert (enc.source_width, enc.source_height) == (320, 240)
+
+    def test_progressive_jpeg_sent_as_is(self) -> None:
+        raw = save(noise((100, 60)), "JPEG", progressive=True)
+        assert encode_image(raw, ImageConfig()).jpeg_bytes == len(raw)
+
+    def test_off_reencodes(self) -> None:
+        """passthrough = false (--reencode): the JPEG is decoded and encoded again."""
+        raw = save(noise((320, 240)), "JPEG", quality=97)
+        enc = encode_image(raw, ImageConfig(passthrough=False, jpeg_quality=50))
+        assert enc.jpeg_bytes < len(raw)
+        assert decode(enc).size == (320, 240)
+
+    @pytest.mark.parametrize(
+        ("im", "why"),
+        [
+            (Image.new("RGB", (900, 10), (1, 2, 3)), "larger than max_side"),
+            (Image.new("L", (30, 20), 100), "greyscale"),
+            (Image.new("CMYK", (30, 20), (0, 255, 255, 0)), "CMYK"),
+        ],
+        ids=["too-big", "greyscale", "cmyk"],
+    )
+    def test_unfit_jpeg_reencoded(self, im: Image.Image, why: str) -> None:
+        raw = save(im, "JPEG")
+        enc = encode_image(raw, ImageConfig())
+        assert enc.data_uri != PREFIX + base64.b64encode(raw).decode(), why
+        assert decode(enc).mode == "RGB"
+
+    def test_rotated_jpeg_reencoded_upright(self) -> None:
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        raw = save(Image.new("RGB", (200, 100), (5, 5, 5)), "JPEG", exif=exif)
+        assert decode(encode_image(raw, ImageConfig())).size == (100, 200)
+
+    def test_trailing_bytes_after_end_marker_reencoded(self) -> None:
+        """Data after the end-of-image marker (some phones add it): decoded, not refused."""
+        raw = save(noise((64, 48)), "JPEG") + b"\x00" * 10 + b"extra"
+        enc = encode_image(raw, ImageConfig())
+        assert decode(enc).size == (64, 48)
+        assert enc.jpeg_bytes != len(raw)
+
+    @pytest.mark.parametrize("keep", [0.3, 0.6, 0.9, 0.999])
+    def test_truncated_fit_jpeg_is_invalid(self, keep: float) -> None:
+        """A cut-off file has no end marker, takes the full decode and is refused there."""
+        raw = save(noise((256, 192)), "JPEG")
+        with pytest.raises(InvalidImageError, match="decode"):
+            encode_image(raw[: int(len(raw) * keep)], ImageConfig())
+
+    @pytest.mark.parametrize("seed", range(12))
+    def test_damaged_fit_jpeg_judged_like_a_full_decode(self, seed: int) -> None:
+        """Cut or overwritten scan bytes: passing through accepts what re-encoding accepts."""
+        raw = bytearray(save(noise((256, 192), seed), "JPEG"))
+        rng = random.Random(seed)
+        scan = raw.index(b"\xff\xda")
+        if seed % 2:
+            del raw[rng.randrange(scan, len(raw)) :]
+        else:
+            at = rng.randrange(scan, len(raw) - 8)
+            raw[at : at + 8] = rng.randbytes(8)
+
+        def verdict(cfg: ImageConfig) -> str:
+            try:
+                encode_image(bytes(raw), cfg)
+            except InvalidImageError:
+                return "invalid"
+            return "ok"
+
+        assert verdict(ImageConfig()) == verdict(ImageConfig(passthrough=False))
+
+
 class TestOrientation:
     @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
     def test_exif_orientation_6_rotates(self, fmt: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pipeline.config import ImageConfig, PromptConfig
-from pipeline.payload import build_body, item_key
+from pipeline.payload import _SLOT, build_body, encode_body, item_key
 
 URI = "data:image/jpeg;base64,/9j/AAAA"
 
@@ -89,6 +89,54 @@ BASE_ARGS: dict[str, Any] = {
 }
 
 
+def _user(*parts: dict[str, Any]) -> dict[str, Any]:
+    return {"model": "m", "messages": [{"role": "user", "content": list(parts)}]}
+
+
+def _img(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+class TestEncodeBody:
+    """The data URI is spliced in, but the bytes are exactly what json.dumps would give."""
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            build_body("gemma3-27b", PromptConfig(extra={"seed": 1}), "使用中文描述这张图像", URI),
+            build_body("m", PromptConfig(system=None), 'quote " and \\ and \n', URI),
+            _user(_img(URI), {"type": "text", "text": "two"}, _img(URI + "BBBB")),
+            _user(_img("https://example.com/cat.jpg")),
+            _user(_img('data:image/jpeg;base64,"quote"')),
+            _user(_img("data:image/jpeg;base64,back\\slash")),
+            _user(_img("data:image/jpeg;base64,ünïcode")),
+            _user({"type": "text", "text": _SLOT}, _img(URI)),
+            {"model": _SLOT, "messages": "not a list"},
+            {"model": "m", "messages": [{"role": "user", "content": "plain"}, "odd"]},
+        ],
+        ids=[
+            "zh-with-extra",
+            "escapes-in-text",
+            "two-images",
+            "http-url",
+            "uri-with-quote",
+            "uri-with-backslash",
+            "uri-non-ascii",
+            "slot-in-text",
+            "slot-as-model",
+            "odd-messages",
+        ],
+    )
+    def test_same_bytes_as_json_dumps(self, body: dict[str, Any]) -> None:
+        assert encode_body(body) == json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+    def test_stream_options_added(self) -> None:
+        body = build_body("m", PromptConfig(), "t", URI)
+        sent = json.loads(encode_body(body, stream=True))
+        assert sent == {**body, "stream": True, "stream_options": {"include_usage": True}}
+        assert "stream" not in body  # the caller's body is not changed
+
+
 def _prompt(**changes: Any) -> PromptConfig:
     return dataclasses.replace(BASE_PROMPT, **changes)
 
@@ -134,6 +182,7 @@ class TestItemKey:
             ("prompt", _prompt(extra={})),
             ("image", _image(max_side=512)),
             ("image", _image(jpeg_quality=85)),
+            ("image", _image(passthrough=False)),
         ],
     )
     def test_key_changes_with_each_input(self, field: str, value: Any) -> None:

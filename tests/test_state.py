@@ -387,3 +387,26 @@ class TestSummary:
         assert tally.requests == 8
         assert (tally.prompt_tokens, tally.completion_tokens) == (10, 3)
         assert list(tally.latencies) == [0.5]
+
+
+def test_cli_keeps_pyarrow_from_importing_pandas() -> None:
+    """After skip_pandas_probe, writing rows imports no pandas; asking for pandas still works."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys
+        from pipeline.schema import SCHEMA, rows_to_table, skip_pandas_probe
+        skip_pandas_probe()
+        table = rows_to_table([{"key": "k", "image_path": "a.jpg", "status": "ok"}], SCHEMA)
+        assert "pandas" not in sys.modules, "pyarrow imported pandas"
+        frame = table.to_pandas()
+        assert "pandas" in sys.modules and frame["key"].tolist() == ["k"]
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
