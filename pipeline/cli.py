@@ -9,6 +9,7 @@ SIGINT/SIGTERM, 70 internal error (a bug).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .client import resolve_api_key
 from .config import Job, Overrides, load_job
@@ -187,10 +187,19 @@ async def execute(job: Job) -> RunResult:
     return await Runner(job, api_key=api_key, handle_signals=True).run()
 
 
+def _logs_around_the_bar(progress: bool) -> contextlib.AbstractContextManager[object]:
+    """Log lines printed above the progress bar instead of through it (when there is one)."""
+    if not (progress and sys.stderr.isatty()):
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm()
+
+
 def run_job(job: Job) -> int:
     """Run ``job``, print the summary, return the exit code."""
     skip_pandas_probe()
-    with logging_redirect_tqdm():
+    with _logs_around_the_bar(job.run.progress):
         result = anyio.run(execute, job)
     print(format_summary(result.tally, result.wall_s, f"{result.output} (run {result.run_id})"))
     if result.stop_reason is not None:

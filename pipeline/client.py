@@ -23,7 +23,6 @@ from typing import Any
 
 import anyio
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from . import __version__
 from .breaker import OUTAGE_STATUS
@@ -201,12 +200,24 @@ class ChatClient:
         shards = max(1, -(-concurrency // CONNECTIONS_PER_SHARD))
         per_shard = -(-concurrency // shards)
         limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-        tls = tls_context(endpoint.insecure)
-        self._shards: list[httpx.AsyncBaseTransport] = [
-            transport or AiohttpTransport(limits=limits, verify=tls, trust_env=False)
-            for _ in range(shards)
-        ]
+        self._tls = tls_context(endpoint.insecure)
+        self._limits = limits
+        self._transport = transport
+        # Made on the first request: a rerun with nothing to do never imports aiohttp (0.3 s).
+        self._shards: list[httpx.AsyncBaseTransport] = []
         self._busy = [0] * shards
+
+    def shards(self) -> list[httpx.AsyncBaseTransport]:
+        """The connection pools, made on first use."""
+        if not self._shards:
+            from httpx_aiohttp import AiohttpTransport
+
+            self._shards = [
+                self._transport
+                or AiohttpTransport(limits=self._limits, verify=self._tls, trust_env=False)
+                for _ in self._busy
+            ]
+        return self._shards
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         """Send one request; return the completion or raise Retryable/PermanentError."""
@@ -215,7 +226,7 @@ class ChatClient:
         shard = min(range(len(self._busy)), key=self._busy.__getitem__)
         self._busy[shard] += 1
         try:
-            return await self._send(self._shards[shard], content)
+            return await self._send(self.shards()[shard], content)
         finally:
             self._busy[shard] -= 1
 

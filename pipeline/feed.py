@@ -133,7 +133,14 @@ class Feed:
         return out
 
     def _todo(self, f: ImageFile, sha: str) -> list[Pending]:
-        return [p for p in self.pending(f, sha) if p.key not in self.done]
+        """The items of ``f`` not done yet (keys first: most files of a rerun have none)."""
+        out = []
+        for prompt, settings, fixed_text in self._prompts:
+            text = fixed_text if fixed_text is not None else render(prompt.text, f.relpath)
+            key = key_from(settings, sha, f.relpath, text)
+            if key not in self.done:
+                out.append(Pending(key, prompt, text))
+        return out
 
     def _load(self, f: ImageFile) -> Loaded:
         """Read, hash, find the items still to do and encode, in one worker-thread hop."""

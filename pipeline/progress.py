@@ -12,9 +12,10 @@ import sys
 import time
 from array import array
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 from .schema import STATUS_FAILED, STATUS_INVALID, STATUS_OK
 
@@ -112,6 +113,8 @@ class Reporter:
         self.tally = tally
         self.bar: tqdm[Any] | None = None
         if enabled and sys.stderr.isatty():
+            from tqdm import tqdm  # only with a terminal to draw on (import: 70 ms)
+
             self.bar = tqdm(total=None, unit="item", dynamic_ncols=True, file=sys.stderr)
         self._last_log = time.monotonic()
         self._shown = 0

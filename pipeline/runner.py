@@ -47,7 +47,7 @@ from .walker import ImageFile
 
 log = logging.getLogger(__name__)
 
-AUTO_START = 16  # first concurrency of "auto"; it grows x1.5 per step while the server has room
+AUTO_START = 32  # first concurrency of "auto"; it doubles per step while the server has room
 STEER_S = 0.25
 
 

@@ -123,7 +123,7 @@ def _merge(parts: list[Path], final: Path, schema: pa.Schema) -> None:
             pending: list[pa.Table] = []
             rows = 0
             for part in parts:
-                table = pq.read_table(part, schema=schema)
+                table = pq.ParquetFile(part).read().cast(schema)  # no pyarrow.dataset import
                 pending.append(table)
                 rows += table.num_rows
                 if rows >= MERGE_ROWS:

@@ -19,7 +19,6 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import OutputBusyError, OutputError
@@ -72,20 +71,24 @@ def load_done_keys(folder: Path, *, include_invalid: bool = True) -> set[str]:
     done: set[str] = set()
     for part in parts:
         try:
-            table = pq.read_table(part, columns=["key", "status", "image_sha256"])
+            # ParquetFile, not read_table: read_table imports pyarrow.dataset (0.27 s).
+            table = pq.ParquetFile(part).read(columns=["key", "status", "image_sha256"])
         except (OSError, ValueError) as exc:
             raise OutputError(
                 f"cannot read the part file {part} ({exc}); move it out of the output folder "
                 "(its items will then be captioned again) or restore it, then rerun"
             ) from None
-        status = table.column("status")
-        keep = pc.equal(status, STATUS_OK)
+        keys = table.column("key").to_pylist()
+        statuses = table.column("status").to_pylist()
         if include_invalid:
-            invalid = pc.and_(
-                pc.equal(status, STATUS_INVALID), pc.is_valid(table.column("image_sha256"))
+            shas = table.column("image_sha256").to_pylist()
+            done.update(
+                k
+                for k, st, sha in zip(keys, statuses, shas, strict=True)
+                if st == STATUS_OK or (st == STATUS_INVALID and sha is not None)
             )
-            keep = pc.or_(keep, invalid)
-        done.update(table.filter(keep).column("key").to_pylist())
+        else:
+            done.update(k for k, st in zip(keys, statuses, strict=True) if st == STATUS_OK)
     return done
 
 

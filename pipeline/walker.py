@@ -15,14 +15,16 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class ImageFile:
+class ImageFile(NamedTuple):
+    """One file found by the walk. A named tuple: 0.7 us to make vs 2 us for a frozen
+    dataclass, and a no-op rerun makes one per file (100,000 in bench/bookkeeping.py)."""
+
     full: str  # absolute path (a str: building a Path per file costs more than its stat)
     relpath: str  # relative to the input root, POSIX separators, always valid UTF-8
     size: int  # bytes; -1 when stat failed (the encoder reports why)
@@ -59,8 +61,10 @@ def walk_images(root: Path, patterns: tuple[str, ...]) -> Iterator[ImageFile]:
     seen: set[tuple[int, int]] = set()
     st = root.stat()
     seen.add((st.st_dev, st.st_ino))
-    # Each stack frame: (folder path, its relative prefix, sorted remaining names).
-    stack: list[tuple[str, str, list[str], set[str]]] = [(str(root), "", *_listing(str(root)))]
+    # Each stack frame: (folder path ending in "/", its relative prefix, sorted remaining
+    # names, which of them are folders). Paths are joined by "+": os.path.join costs 1.5 us.
+    base = str(root).rstrip("/") + "/"
+    stack: list[tuple[str, str, list[str], set[str]]] = [(base, "", *_listing(base))]
     while stack:
         folder, prefix, names, dirs = stack[-1]
         if not names:
@@ -70,7 +74,7 @@ def walk_images(root: Path, patterns: tuple[str, ...]) -> Iterator[ImageFile]:
         is_dir = name in dirs
         if not is_dir and not matches(name):
             continue  # no stat() for files that are not images
-        full = os.path.join(folder, name)
+        full = folder + name
         rel = f"{prefix}{printable(name)}"
         try:
             info = os.stat(full)  # follows symlinks
@@ -83,7 +87,7 @@ def walk_images(root: Path, patterns: tuple[str, ...]) -> Iterator[ImageFile]:
             if ident in seen:
                 continue  # symlink loop or second link to a folder already walked
             seen.add(ident)
-            stack.append((full, f"{rel}/", *_listing(full)))
+            stack.append((full + "/", f"{rel}/", *_listing(full)))
         elif not stat.S_ISDIR(info.st_mode):
             yield ImageFile(
                 full, rel, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino

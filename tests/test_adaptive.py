@@ -17,11 +17,12 @@ from pipeline.sim import SimConfig, SimServer
 @pytest.mark.parametrize(
     ("load", "in_flight", "saw_queue", "expected"),
     [
-        (ServerLoad(16, 0, 0.1), 16, False, 24),  # room and busy: grow x1.5
+        (ServerLoad(16, 0, 0.1), 16, False, 32),  # room and busy, no queue yet: double
         (ServerLoad(16, 0, 0.1), 16, True, 17),  # after a queue was seen: ~10%
         (ServerLoad(16, 0, 0.1), 4, False, 16),  # limit not in use: hold
         (ServerLoad(16, 2, 0.1), 16, False, 16),  # small positive queue: hold
-        (ServerLoad(16, 9, 0.1), 16, False, 12),  # queue past its band: shrink 20%
+        (ServerLoad(16, 9, 0.1), 16, False, 12),  # queue 9, band 4: drop 9 - 2, capped at 20%
+        (ServerLoad(16, 5, 0.1), 16, False, 13),  # queue 5, band 4: drop just 5 - 2 = 3
         (ServerLoad(16, 0, 0.95), 16, False, 12),  # KV cache nearly full: shrink
     ],
 )
@@ -31,6 +32,13 @@ def test_metrics_mode_reactions(
     """With vLLM's gauges the limit grows, holds or shrinks as documented."""
     auto = AutoConcurrency(limit=16, saw_queue=saw_queue)
     assert auto.update(load, in_flight) == expected
+
+
+def test_queue_excess_cut_keeps_the_batch_full() -> None:
+    """64 running, 20 waiting (band 16): drop the excess 20 - 8 -> 88, not 100 x 0.8 = 80."""
+    auto = AutoConcurrency(limit=100, saw_queue=True)
+    assert auto.update(ServerLoad(64, 20, 0.1), 100) == 88
+    assert auto.update(ServerLoad(64, 12, 0.1), 88) == 88  # in the band: hold
 
 
 def test_bounds_are_respected() -> None:
@@ -46,25 +54,25 @@ def test_latency_mode_backs_off_when_latency_doubles() -> None:
     auto = AutoConcurrency(limit=10)
     for _ in range(8):
         auto.observe_latency(0.1)
-    assert auto.update(None, 10) == 15
+    assert auto.update(None, 10) == 20
     for _ in range(64):
         auto.observe_latency(0.35)
-    assert auto.update(None, 15) == 12
+    assert auto.update(None, 20) == 16
 
 
 @pytest.mark.parametrize("metrics", [True, False], ids=["metrics", "latency"])
 def test_auto_finds_the_slots(
     tmp_path: Path, metrics: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Against 16 slots, auto climbs from its start to at least the slot count."""
+    """Against 48 slots, auto climbs from its start (32) to at least the slot count."""
     if not metrics:
         monkeypatch.setattr("pipeline.runner.metrics_url", lambda url: url + "/no-metrics-here")
-    root = make_images(tmp_path / "img", 240, size=(32, 24))[0].parent.parent
-    with SimServer(SimConfig(slots=16, latency=0.1)) as sim:
+    root = make_images(tmp_path / "img", 600, size=(32, 24))[0].parent.parent
+    with SimServer(SimConfig(slots=48, latency=0.2)) as sim:
         code = main(["run", "--endpoint", sim.base_url, "--input", str(root), "--output",
                      str(tmp_path / "o"), "--prompt", "x", "--no-progress"])  # fmt: skip
         peak = sim.stats()["max_running"]
     assert code == 0
     rows = ds.dataset(tmp_path / "o").to_table(columns=["concurrency"]).to_pylist()
-    assert max(int(r["concurrency"]) for r in rows) >= 16
-    assert peak == 16
+    assert max(int(r["concurrency"]) for r in rows) >= 48
+    assert peak == 48

@@ -317,8 +317,8 @@ class TestChatClient:
 
         client = ChatClient(EndpointConfig(url=URL), concurrency=80, api_key=None)
         try:
-            assert len(client._shards) == 3  # ceil(80 / 32)
-            for shard in client._shards:
+            assert len(client.shards()) == 3  # ceil(80 / 32)
+            for shard in client.shards():
                 assert isinstance(shard, AiohttpTransport)
                 await shard.aclose()
             client._shards = [Counting(i) for i in range(3)]
