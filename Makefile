@@ -31,6 +31,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy pipeline
 
 bench: $(STAMP)
+	$(BIN)/python bench/client_scaling.py --big
 	$(BIN)/python bench/client_scaling.py
 	$(BIN)/python bench/saturation.py
 	$(BIN)/python bench/vs_seed.py

@@ -13,6 +13,7 @@ Run: .venv/bin/python bench/bookkeeping.py [--items 100000] [--files 1000000]
 from __future__ import annotations
 
 import argparse
+import statistics
 import os
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def make_finished(root: Path, out: Path, n: int) -> None:
     cache.close()
 
 
-def noop_rerun(n: int) -> str:
+def noop_rerun(n: int, reps: int = 5) -> str:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         t0 = time.monotonic()
@@ -71,19 +72,23 @@ def noop_rerun(n: int) -> str:
             while not port_file.exists():
                 time.sleep(0.05)
             url = f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
-            t0 = time.monotonic()
-            p = subprocess.run([sys.executable, "-c", RUN, "run", "--endpoint", url,
-                                "--input", str(tmp / "img"), "--output", str(tmp / "out"),
-                                "--prompt", PROMPT, "--no-progress"],
-                               capture_output=True, text=True)  # fmt: skip
-            wall = time.monotonic() - t0
-            rss = float(p.stderr.split("peak-rss-mb")[-1].split()[0])
+            walls, rsss = [], []
+            for _ in range(reps):
+                t0 = time.monotonic()
+                p = subprocess.run([sys.executable, "-c", RUN, "run", "--endpoint", url,
+                                    "--input", str(tmp / "img"), "--output", str(tmp / "out"),
+                                    "--prompt", PROMPT, "--no-progress"],
+                                   capture_output=True, text=True)  # fmt: skip
+                walls.append(time.monotonic() - t0)
+                rsss.append(float(p.stderr.split("peak-rss-mb")[-1].split()[0]))
         finally:
             sim.terminate()
             sim.wait()
     summary = [ln.strip() for ln in p.stdout.splitlines() if "items " in ln or "latency" in ln]
-    return (f"| no-op rerun, {n:,} finished items | {wall:.2f} s (whole process, exit "
-            f"{p.returncode}) | peak RSS {rss:.0f} MB | {'; '.join(summary)} | setup {setup:.0f} s |")
+    each = ", ".join(f"{w:.2f}" for w in walls)
+    return (f"| no-op rerun, {n:,} finished items | median {statistics.median(walls):.2f} s of "
+            f"{reps} runs ({each}; whole process, exit {p.returncode}) | peak RSS "
+            f"{max(rsss):.0f} MB | {'; '.join(summary)} | setup {setup:.0f} s |")  # fmt: skip
 
 
 # Peak RSS from /proc (VmHWM): ru_maxrss would carry over the parent's peak across fork+exec.

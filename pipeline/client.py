@@ -163,6 +163,14 @@ def tls_context(insecure: bool) -> ssl.SSLContext:
     return httpx.create_ssl_context(verify=not insecure)
 
 
+def tls_for(endpoint: EndpointConfig) -> ssl.SSLContext | bool:
+    """The ``verify`` of an endpoint's clients: the shared context when a URL is https, else
+    ``False``: plain http has no certificate to check, so the CA bundle is never loaded."""
+    if any(url.startswith("https:") for url in endpoint.urls):
+        return tls_context(endpoint.insecure)
+    return False
+
+
 def make_timeout(endpoint: EndpointConfig) -> httpx.Timeout:
     return httpx.Timeout(
         connect=endpoint.connect_timeout,
@@ -200,7 +208,7 @@ class ChatClient:
         shards = max(1, -(-concurrency // CONNECTIONS_PER_SHARD))
         per_shard = -(-concurrency // shards)
         limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-        self._tls = tls_context(endpoint.insecure)
+        self._tls = tls_for(endpoint)
         self._limits = limits
         self._transport = transport
         # Made on the first request: a rerun with nothing to do never imports aiohttp (0.3 s).

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from .client import server_message, tls_context
+from .client import server_message, tls_for
 from .config import Job
 from .errors import ConfigError
 
@@ -78,7 +78,7 @@ async def _preflight_one(
         timeout=timeout,
         headers=headers,
         transport=transport,
-        verify=tls_context(job.endpoint.insecure),
+        verify=tls_for(job.endpoint),
     ) as client:
         try:
             response = await client.get(url)

@@ -44,6 +44,7 @@ class Tally:
     prompts: int = 1  # items per image
     concurrency: int = 0  # requests allowed in flight now
     concurrency_max: int = 0
+    concurrency_bounds: str = ""  # "auto 1-256" when the pool steers itself, else ""
 
     @property
     def expected(self) -> int | None:
@@ -86,6 +87,13 @@ def percentile(values: array[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
+def _concurrency_note(t: Tally) -> str:
+    notes = [t.concurrency_bounds] if t.concurrency_bounds else []
+    if t.concurrency_max > t.concurrency:
+        notes.append(f"peak {t.concurrency_max}")
+    return f" ({', '.join(notes)})" if notes else ""
+
+
 def format_summary(t: Tally, wall_s: float, output: str) -> str:
     """The report printed when a run ends."""
     rate = t.ok / wall_s if wall_s > 0 else 0.0
@@ -96,7 +104,7 @@ def format_summary(t: Tally, wall_s: float, output: str) -> str:
         f"  items      {t.done} this run: {t.ok} ok, {t.failed} failed, {t.invalid} invalid"
         f"; {t.skipped} already done (skipped); {t.images} image files",
         f"  wall time  {wall_s:.1f}s, {rate:.2f} items/s at concurrency {t.concurrency}"
-        + (f" (peak {t.concurrency_max})" if t.concurrency_max > t.concurrency else ""),
+        + _concurrency_note(t),
         f"  latency    {lat} ({t.requests} requests sent)"
         + (f"; {t.outages} server outage(s) waited out" if t.outages else ""),
         f"  tokens     {t.prompt_tokens:,} prompt + {t.completion_tokens:,} completion"
@@ -121,9 +129,10 @@ class Reporter:
 
     def _postfix(self) -> str:
         t = self.tally
+        bounds = f" ({t.concurrency_bounds})" if t.concurrency_bounds else ""
         return (
             f"ok={t.ok} failed={t.failed} invalid={t.invalid} skipped={t.skipped} "
-            f"conc={t.concurrency}"
+            f"conc={t.concurrency}{bounds}"
         )
 
     def refresh(self) -> None:

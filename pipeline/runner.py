@@ -28,7 +28,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .adaptive import AutoConcurrency
 from .breaker import Breaker, health_url, http_probe, metrics_url
-from .client import ChatClient, tls_context
+from .client import ChatClient, tls_for
 from .collector import Collector
 from .config import Job
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_TEMPFAIL, OutputError
@@ -143,6 +143,8 @@ class Runner:
         auto = None if fixed else AutoConcurrency(maximum=n, limit=min(AUTO_START, n))
         limiter = anyio.CapacityLimiter(fixed or (auto.limit if auto else n))
         self.tally.concurrency = int(limiter.total_tokens)
+        if auto is not None:
+            self.tally.concurrency_bounds = f"auto {auto.minimum}-{auto.maximum}"
         files_tx, files_rx = anyio.create_memory_object_stream[ImageFile](256)
         items_tx, items_rx = anyio.create_memory_object_stream[RequestItem](min(n, 32))
         rows_tx, rows_rx = anyio.create_memory_object_stream[Row](2 * n + 16)
@@ -155,7 +157,7 @@ class Runner:
             timeout=5.0,
             headers=headers,
             transport=self.transport,
-            verify=tls_context(self.job.endpoint.insecure),
+            verify=tls_for(self.job.endpoint),
         )
         urls = self.job.endpoint.urls
         per_route = -(-n // len(urls))

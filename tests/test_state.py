@@ -365,6 +365,9 @@ class TestSummary:
         assert "4 already done" in text
         assert "9 image files" in text
         assert "0.30 items/s at concurrency 16 (peak 24)" in text
+        tally.concurrency_bounds = "auto 1-256"
+        text = format_summary(tally, 10.0, "/data/out/captions")
+        assert "0.30 items/s at concurrency 16 (auto 1-256, peak 24)" in text
         assert "p50 2.00s" in text
         assert "(7 requests sent)" in text
         assert "12,345 prompt + 678 completion" in text
