@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .journal import Journal
 from .progress import Reporter, Tally
@@ -43,20 +43,29 @@ class Collector:
         self._io = anyio.Lock()
         self._closed = False
 
-    async def run(self, rx: ObjectReceiveStream[Row]) -> None:
+    async def run(self, rx: MemoryObjectReceiveStream[Row]) -> None:
         """Consume rows until the stream ends, then flush everything."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._journal_loop)
             last = time.monotonic()
             async with rx:
-                while True:
+                ended = False
+                while not ended:
                     wait = max(0.0, last + self.flush_interval - time.monotonic())
                     with anyio.move_on_after(min(wait, 1.0)):
                         try:
-                            row = await rx.receive()
+                            self.add(await rx.receive())
                         except anyio.EndOfStream:
                             break
-                        self.add(row)
+                        # Rows already waiting are taken without a timer or a checkpoint each.
+                        while True:
+                            try:
+                                self.add(rx.receive_nowait())
+                            except anyio.WouldBlock:
+                                break
+                            except anyio.EndOfStream:
+                                ended = True
+                                break
                     self.reporter.refresh()
                     if time.monotonic() - last >= self.flush_interval:
                         await self.flush()

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.abc import ObjectReceiveStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from .adaptive import AutoConcurrency
 from .breaker import Breaker
@@ -64,7 +65,7 @@ class Requester:
         self._answers: OrderedDict[str, Completion] = OrderedDict()  # recent ok answers
 
     async def worker(
-        self, rx: ObjectReceiveStream[RequestItem], rows: ObjectSendStream[Row]
+        self, rx: ObjectReceiveStream[RequestItem], rows: MemoryObjectSendStream[Row]
     ) -> None:
         async with rx, rows:
             async for item in rx:
@@ -72,8 +73,11 @@ class Requester:
                     break
                 async with self.limiter:
                     row = await self.caption(item)
-                with anyio.CancelScope(shield=True):
-                    await rows.send(row)
+                try:
+                    rows.send_nowait(row)  # the usual case: room in the buffer
+                except anyio.WouldBlock:
+                    with anyio.CancelScope(shield=True):
+                        await rows.send(row)
 
     async def route(self) -> Route:
         """The least-loaded endpoint whose breaker is closed (waits while all are down)."""
