@@ -6,12 +6,13 @@ Starts the simulator in its own process with zero latency, then, in this process
   * the pipeline's sharded client alone (ChatClient) posting the same body,
 at concurrency 16, 64 and 256. Prints a markdown table. Bounded: N requests per cell.
 
-Run: make bench-client   (or .venv/bin/python bench/client_scaling.py --items 2000)
+Run: .venv/bin/python bench/client_scaling.py [--big] [--items 2000] [--reps 3]  (both in make bench)
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import os
 import shutil
 import subprocess
@@ -130,6 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--conc", type=int, nargs="+", default=[16, 64, 256])
+    ap.add_argument("--reps", type=int, default=3, help="runs per cell; medians are reported")
     ap.add_argument(
         "--big", action="store_true", help="896x672 noisy photos: ~200 KB base64 bodies"
     )
@@ -148,19 +150,23 @@ def main() -> None:
         raw = json.dumps(body).encode()
         proc, url = start_sim(tmp)
         try:
-            print(f"# client scaling, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
-                  f"{args.items} requests per cell, body {len(raw)} bytes, zero-latency simulator")  # fmt: skip
+            print(f"# client scaling, {time.strftime('%Y-%m-%d %H:%M')} UTC, {os.cpu_count()} "
+                  f"cores, {args.items} requests per cell, body {len(raw)} bytes, zero-latency "
+                  f"simulator; median of {args.reps} runs per cell (bare httpx: one run)")  # fmt: skip
             print("\n| concurrency | bare aiohttp loop (req/s) | bare httpx, one pool (req/s) "
-                  "| ChatClient sharded (req/s) | whole pipeline (items/s) | pipeline / bare aiohttp |"
-                  "\n|---|---|---|---|---|---|")  # fmt: skip
+                  "| ChatClient sharded (req/s) | whole pipeline (items/s) | pipeline / bare aiohttp "
+                  "| runs: pipeline / bare |\n|---|---|---|---|---|---|---|")  # fmt: skip
             for conc in args.conc:
-                r = anyio.run(bare_aiohttp, url, raw, args.items, conc)
                 a = anyio.run(bare_httpx, url, raw, args.items, conc)
-                b = anyio.run(sharded, url, body, args.items, conc)
-                c = pipeline_rate(url, tmp / "images", tmp / "out", conc)
-                print(
-                    f"| {conc} | {r:.0f} | {a:.0f} | {b:.0f} | {c:.0f} | {c / r:.2f} |", flush=True
-                )
+                bare, client, pipe = [], [], []
+                for _ in range(args.reps):  # interleaved, so drifts of the VM hit all three
+                    bare.append(anyio.run(bare_aiohttp, url, raw, args.items, conc))
+                    client.append(anyio.run(sharded, url, body, args.items, conc))
+                    pipe.append(pipeline_rate(url, tmp / "images", tmp / "out", conc))
+                r, b, c = (statistics.median(x) for x in (bare, client, pipe))
+                runs = ", ".join(f"{p:.0f}/{q:.0f}" for p, q in zip(pipe, bare, strict=True))
+                print(f"| {conc} | {r:.0f} | {a:.0f} | {b:.0f} | {c:.0f} | {c / r:.2f} | {runs} |",
+                      flush=True)  # fmt: skip
         finally:
             proc.terminate()
             proc.wait()

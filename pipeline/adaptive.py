@@ -4,8 +4,8 @@ vLLM never answers 429: past its batch it queues requests without limit, and pas
 it preempts and recomputes. So the pool itself must not overload it, yet must keep it busy.
 
 - With vLLM's ``/metrics`` (``num_requests_waiting``, ``kv_cache_usage_perc``): keep a small
-  positive waiting queue, 1 to max(4, a quarter of the running batch) requests (every batch
-  slot filled, nothing idle between steps). Slow start:
+  positive waiting queue, 1 to max(4, half the running batch) requests (every batch slot
+  filled, nothing idle between steps; waiting requests hold no KV cache). Slow start:
   double while nothing has ever waited and our limit is in use (an idle slot is lost GPU time;
   overshooting only queues a few requests, which the next steps drain), then grow by ~10%.
   When the queue grows past its band, drop just the excess (at most 20% a step), so the limit
@@ -50,10 +50,11 @@ class AutoConcurrency:
         """One control step; returns the new limit."""
         busy = in_flight >= 0.9 * self.limit  # growing an unused limit proves nothing
         if load is not None:
-            # Waiting requests hold no KV cache and cost only queueing time; a queue of up to a
-            # quarter of the batch refills slots the moment they free up, before our next
-            # request arrives (bench/saturation.py: 12.5% -> 0.956 of ideal, 25% -> 0.97).
-            band = max(4.0, 0.25 * load.running)
+            # Waiting requests hold no KV cache and cost only queueing time. The queue must
+            # refill slots the moment they free up, before our next request arrives: when many
+            # finish at once (a batch of equal answers) that takes a sizeable queue
+            # (bench/saturation.py, 64 slots: a band of 12.5% -> 0.956 of ideal).
+            band = max(4.0, 0.5 * load.running)
             if load.kv_cache >= KV_HIGH:
                 self.saw_queue = True
                 self.limit = self._bounded(self.limit * 0.8)

@@ -48,7 +48,8 @@ from .walker import ImageFile
 log = logging.getLogger(__name__)
 
 AUTO_START = 32  # first concurrency of "auto"; it doubles per step while the server has room
-STEER_S = 0.25
+STEER_S = 0.25  # seconds between control steps of "auto"...
+STEER_START_S = 0.1  # ...and during its slow start, so an idle GPU is found within 0.1 s
 
 
 @dataclass(slots=True)
@@ -214,11 +215,12 @@ class Runner:
     async def _steer(
         self, auto: AutoConcurrency, limiter: anyio.CapacityLimiter, client: httpx.AsyncClient
     ) -> None:
-        """Every STEER_S seconds: read vLLM's /metrics (if it has them) and resize the pool."""
+        """Every STEER_S seconds (STEER_START_S until the server first queues): read vLLM's
+        /metrics (if it has them) and resize the pool."""
         urls = [metrics_url(u) for u in self.job.endpoint.urls]
         use_metrics = True
         while True:
-            await anyio.sleep(STEER_S)
+            await anyio.sleep(STEER_S if auto.saw_queue else STEER_START_S)
             load = None
             if use_metrics:
                 load = await self._server_load(client, urls)
