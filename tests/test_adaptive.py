@@ -21,8 +21,8 @@ from pipeline.sim import SimConfig, SimServer
         (ServerLoad(16, 0, 0.1), 16, True, 17),  # after a queue was seen: ~10%
         (ServerLoad(16, 0, 0.1), 4, False, 16),  # limit not in use: hold
         (ServerLoad(16, 2, 0.1), 16, False, 16),  # small positive queue: hold
-        (ServerLoad(16, 12, 0.1), 16, False, 12),  # queue 12, band 8: drop 12 - 4, capped at 20%
-        (ServerLoad(16, 9, 0.1), 16, False, 12),  # queue 9, band 8: drop 9 - 4 = 5 (> 20%)
+        (ServerLoad(16, 30, 0.1), 16, False, 12),  # queue 30, band 16: drop 30 - 8, capped at 20%
+        (ServerLoad(16, 18, 0.1), 16, False, 12),  # queue 18, band 16: drop 18 - 8 = 10 (> 20%)
         (ServerLoad(4, 5, 0.1), 16, False, 13),  # queue 5, band 4 (the floor): drop just 5 - 2
         (ServerLoad(16, 0, 0.95), 16, False, 12),  # KV cache nearly full: shrink
     ],
@@ -36,10 +36,10 @@ def test_metrics_mode_reactions(
 
 
 def test_queue_excess_cut_keeps_the_batch_full() -> None:
-    """64 running, 36 waiting (band 32): drop the excess 36 - 16 -> 100, not 120 x 0.8 = 96."""
-    auto = AutoConcurrency(limit=120, saw_queue=True)
-    assert auto.update(ServerLoad(64, 36, 0.1), 120) == 100
-    assert auto.update(ServerLoad(64, 30, 0.1), 100) == 100  # in the band: hold
+    """64 running, 70 waiting (band 64): drop the excess 70 - 32 -> 162, not 200 x 0.8 = 160."""
+    auto = AutoConcurrency(limit=200, saw_queue=True)
+    assert auto.update(ServerLoad(64, 70, 0.1), 200) == 162
+    assert auto.update(ServerLoad(64, 60, 0.1), 162) == 162  # in the band: hold
 
 
 def test_bounds_are_respected() -> None:
