@@ -47,7 +47,7 @@ from .walker import ImageFile
 
 log = logging.getLogger(__name__)
 
-AUTO_START = 32  # first concurrency of "auto"; it doubles per step while the server has room
+AUTO_START = 64  # first concurrency of "auto"; it doubles per step while the server has room
 STEER_S = 0.25  # seconds between control steps of "auto"...
 STEER_START_S = 0.1  # ...and during its slow start, so an idle GPU is found within 0.1 s
 

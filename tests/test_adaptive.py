@@ -65,15 +65,15 @@ def test_latency_mode_backs_off_when_latency_doubles() -> None:
 def test_auto_finds_the_slots(
     tmp_path: Path, metrics: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Against 48 slots, auto climbs from its start (32) to at least the slot count."""
+    """Against 96 slots, auto climbs from its start (64) to at least the slot count."""
     if not metrics:
         monkeypatch.setattr("pipeline.runner.metrics_url", lambda url: url + "/no-metrics-here")
-    root = make_images(tmp_path / "img", 600, size=(32, 24))[0].parent.parent
-    with SimServer(SimConfig(slots=48, latency=0.2)) as sim:
+    root = make_images(tmp_path / "img", 1000, size=(32, 24))[0].parent.parent
+    with SimServer(SimConfig(slots=96, latency=0.25)) as sim:
         code = main(["run", "--endpoint", sim.base_url, "--input", str(root), "--output",
                      str(tmp_path / "o"), "--prompt", "x", "--no-progress"])  # fmt: skip
         peak = sim.stats()["max_running"]
     assert code == 0
     rows = ds.dataset(tmp_path / "o").to_table(columns=["concurrency"]).to_pylist()
-    assert max(int(r["concurrency"]) for r in rows) >= 48
-    assert peak == 48
+    assert max(int(r["concurrency"]) for r in rows) >= 96
+    assert peak == 96
