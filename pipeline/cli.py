@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import shlex
@@ -138,41 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def overrides_from(args: argparse.Namespace) -> Overrides:
-    return Overrides(
-        endpoint=tuple(args.endpoint) if args.endpoint else None,
-        model=args.model,
-        api_key_env=args.api_key_env,
-        timeout=args.timeout,
-        input=args.input,
-        output=args.output,
-        prompt_file=args.prompt_file,
-        prompt=args.prompt,
-        system=args.system,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        concurrency=args.concurrency,
-        max_concurrency=args.max_concurrency,
-        max_side=args.max_side,
-        retries=args.retries,
-        flush_interval=args.flush_interval,
-        no_progress=args.no_progress,
-        connect_timeout=args.connect_timeout,
-        patterns=tuple(args.pattern) if args.pattern else None,
-        jpeg_quality=args.jpeg_quality,
-        backoff_initial=args.backoff_initial,
-        backoff_max=args.backoff_max,
-        retry_after_max=args.retry_after_max,
-        extra=args.extra,
-        max_outage=args.max_outage,
-        grace_period=args.grace_period,
-        api_key_file=args.api_key_file,
-        insecure=args.insecure,
-        max_pixels=args.max_pixels,
-        retry_invalid=args.retry_invalid,
-        reencode=args.reencode,
-        stream=args.stream,
-    )
+    """Every flag is the ``Overrides`` field of the same name (``--pattern`` fills
+    ``patterns``); a flag added to the parser without its field fails here at once."""
+    values: dict[str, Any] = {
+        f.name: getattr(args, f.name, None) for f in dataclasses.fields(Overrides)
+    }
+    values["endpoint"] = tuple(args.endpoint) if args.endpoint else None
+    values["patterns"] = tuple(args.pattern) if args.pattern else None
+    unknown = set(vars(args)) - set(values) - {"command", "job", "pattern", "verbose"}
+    assert not unknown, f"flags without an Overrides field: {sorted(unknown)}"
+    return Overrides(**values)
 
 
 async def execute(job: Job) -> RunResult:
