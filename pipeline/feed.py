@@ -112,7 +112,9 @@ class Feed:
                 [(f.relpath, f.size, f.mtime_ns, f.ctime_ns, f.ino) for f in batch]
             )
             todo = [
-                f for f, sha in zip(batch, shas, strict=True) if sha is None or self._todo(f, sha)
+                f
+                for f, sha in zip(batch, shas, strict=True)
+                if sha is None or self.pending(f, sha, skip_done=True)
             ]
             return len(batch), (len(batch) - len(todo)) * n_prompts, todo
 
@@ -127,28 +129,21 @@ class Feed:
                     await tx.send(entry)
         self.tally.walk_done = True
 
-    def pending(self, f: ImageFile, sha: str) -> list[Pending]:
-        """Every (image, prompt) item of ``f`` with its key."""
-        out = []
-        for prompt, settings, fixed_text in self._prompts:
-            text = fixed_text if fixed_text is not None else render(prompt.text, f.relpath)
-            out.append(Pending(key_from(settings, sha, f.relpath, text), prompt, text))
-        return out
-
-    def _todo(self, f: ImageFile, sha: str) -> list[Pending]:
-        """The items of ``f`` not done yet (keys first: most files of a rerun have none)."""
+    def pending(self, f: ImageFile, sha: str, *, skip_done: bool = False) -> list[Pending]:
+        """Every (image, prompt) item of ``f`` with its key; with ``skip_done`` only those not
+        done yet (keys are checked before any object is made: most files of a rerun have none)."""
         out = []
         for prompt, settings, fixed_text in self._prompts:
             text = fixed_text if fixed_text is not None else render(prompt.text, f.relpath)
             key = key_from(settings, sha, f.relpath, text)
-            if key not in self.done:
+            if not (skip_done and key in self.done):
                 out.append(Pending(key, prompt, text))
         return out
 
     def _load(self, f: ImageFile) -> Loaded:
         """Read, hash, find the items still to do and encode, in one worker-thread hop."""
         raw, sha = read_file(f.path)
-        todo = self._todo(f, sha)
+        todo = self.pending(f, sha, skip_done=True)
         if not todo:
             return Loaded(sha, todo, None, None, 0.0)
         t0 = time.perf_counter()
