@@ -3,8 +3,8 @@
 - ``_caption.lock``: an ``flock`` held for the whole run, so two runs never write one output
   (the kernel releases it if the process dies).
 - Done keys: the ``key`` of every ``ok`` row in the part files; a rerun skips them.
-- ``_caption_hashes.sqlite``: (relative path, size, mtime) -> sha256, so a rerun does not read
-  unchanged images just to find out that their keys are done.
+- ``_caption_hashes.sqlite``: (relative path, size, mtime, ctime, inode) -> sha256, so a
+  rerun does not read unchanged images just to find out that their keys are done.
 """
 
 from __future__ import annotations
