@@ -227,9 +227,16 @@ class ChatClient:
             ]
         return self._shards
 
+    @property
+    def in_flight(self) -> int:
+        return sum(self._busy)
+
     async def complete(self, body: dict[str, Any]) -> Completion:
-        """Send one request; return the completion or raise Retryable/PermanentError."""
-        content = encode_body(body, stream=self.stream)
+        """Send one request body; return the completion or raise Retryable/PermanentError."""
+        return await self.send(encode_body(body, stream=self.stream))
+
+    async def send(self, content: bytes) -> Completion:
+        """``complete`` for a body already encoded with ``encode_body`` (retries reuse it)."""
         # The least busy shard, so no pool queues while another has free connections.
         shard = min(range(len(self._busy)), key=self._busy.__getitem__)
         self._busy[shard] += 1

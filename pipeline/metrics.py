@@ -34,12 +34,15 @@ class ServerLoad:
     kv_cache: float  # 0..1
 
 
-def parse(text: str) -> list[Sample]:
-    """Every sample line of a Prometheus text exposition (comments and bad lines skipped)."""
+def parse(text: str, names: tuple[str, ...] | None = None) -> list[Sample]:
+    """Every sample line of a Prometheus text exposition (comments and bad lines skipped);
+    with ``names``, only lines starting with one of them are parsed at all."""
     out = []
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
+        if names is not None and not line.startswith(names):
+            continue  # vLLM's histograms are most of the text; the steering needs 3 gauges
         m = _LINE.match(line)
         if m is None:
             continue
@@ -55,7 +58,7 @@ def parse(text: str) -> list[Sample]:
 def server_load(text: str, model: str | None = None) -> ServerLoad | None:
     """The load gauges, for ``model`` if given; None when the text has none of them (not vLLM)."""
     found: dict[str, list[float]] = {RUNNING: [], WAITING: [], KV_CACHE: []}
-    for s in parse(text):
+    for s in parse(text, names=(RUNNING, WAITING, KV_CACHE)):
         if s.name in found and math.isfinite(s.value):
             if model is not None and s.labels.get("model_name", model) != model:
                 continue
@@ -66,4 +69,14 @@ def server_load(text: str, model: str | None = None) -> ServerLoad | None:
         running=sum(found[RUNNING]),
         waiting=sum(found[WAITING]),
         kv_cache=max(found[KV_CACHE], default=0.0),
+    )
+
+
+def combine(loads: list[ServerLoad]) -> ServerLoad:
+    """Several servers as one: requests summed, the fullest KV cache (the same rule as for
+    several label sets of one server)."""
+    return ServerLoad(
+        running=sum(x.running for x in loads),
+        waiting=sum(x.waiting for x in loads),
+        kv_cache=max((x.kv_cache for x in loads), default=0.0),
     )

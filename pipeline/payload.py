@@ -93,13 +93,10 @@ def encode_body(body: Mapping[str, Any], *, stream: bool = False) -> bytes:
     pieces = text.split(_SLOT_JSON)
     if len(pieces) != len(uris) + 1:  # cannot happen with a random slot; stay correct anyway
         return json.dumps(body, ensure_ascii=False).encode("utf-8")
-    out = bytearray(pieces[0].encode("utf-8"))
+    parts = [pieces[0].encode("utf-8")]
     for uri, piece in zip(uris, pieces[1:], strict=True):
-        out += b'"'
-        out += uri.encode("ascii")
-        out += b'"'
-        out += piece.encode("utf-8")
-    return bytes(out)
+        parts += (b'"', uri.encode("ascii"), b'"', piece.encode("utf-8"))
+    return b"".join(parts)  # one allocation, not a growing buffer and a final copy
 
 
 def settings_digest(

@@ -12,7 +12,6 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 from anyio.abc import ObjectReceiveStream
@@ -23,7 +22,7 @@ from .breaker import Breaker
 from .client import ChatClient, Completion
 from .errors import PermanentError, RetryableError
 from .items import RequestItem, Row, RowMaker
-from .payload import build_body
+from .payload import build_body, encode_body
 from .retry import RetryPolicy, compute_backoff
 from .schema import STATUS_FAILED, STATUS_OK, utc_now
 
@@ -34,12 +33,11 @@ SHARED_ANSWERS = 10_000  # ok answers kept for identical images met later in the
 
 @dataclass(slots=True)
 class Route:
-    """One server: its client, its breaker, and how many requests it has in flight."""
+    """One server: its client (which counts its requests in flight) and its breaker."""
 
     url: str
     client: ChatClient
     breaker: Breaker
-    in_flight: int = 0
 
 
 class Requester:
@@ -84,19 +82,11 @@ class Requester:
         while True:
             healthy = [r for r in self.routes if not r.breaker.is_open]
             if healthy:
-                return min(healthy, key=lambda r: r.in_flight)
+                return min(healthy, key=lambda r: r.client.in_flight)
             if len(self.routes) == 1:
                 await self.routes[0].breaker.wait()
             else:
                 await anyio.sleep(0.05)
-
-    @staticmethod
-    async def _send(route: Route, body: dict[str, Any]) -> Completion:
-        route.in_flight += 1
-        try:
-            return await route.client.complete(body)
-        finally:
-            route.in_flight -= 1
 
     async def caption(self, item: RequestItem) -> Row:
         """The row for ``item``; an identical request already sent or in flight is reused."""
@@ -132,6 +122,7 @@ class Requester:
         queue_wait = time.perf_counter() - item.ready_at
         started = utc_now()
         body = build_body(self.model, item.prompt, item.text, item.image.data_uri)
+        content = encode_body(body, stream=self.routes[0].client.stream)  # once, for every attempt
         common: dict[str, object] = {
             "queue_wait_s": queue_wait,
             "encode_s": item.encode_s,
@@ -148,7 +139,7 @@ class Requester:
             common["endpoint"] = route.url
             t0 = time.perf_counter()
             try:
-                c = await self._send(route, body)
+                c = await route.client.send(content)
             except RetryableError as exc:
                 latency = time.perf_counter() - t0
                 if exc.outage and route.breaker.failure(certain=exc.certain):

@@ -36,7 +36,7 @@ from .feed import Feed
 from .items import RequestItem, Row, RowMaker
 from .journal import Journal
 from .journal import recover as recover_journal
-from .metrics import ServerLoad, server_load
+from .metrics import ServerLoad, combine, server_load
 from .progress import Reporter, Tally
 from .requester import Requester, Route
 from .retry import RetryPolicy
@@ -142,7 +142,7 @@ class Runner:
         fixed = self.job.run.concurrency
         n = fixed or self.job.run.max_concurrency  # workers; the limiter sets how many send
         auto = None if fixed else AutoConcurrency(maximum=n, limit=min(AUTO_START, n))
-        limiter = anyio.CapacityLimiter(fixed or (auto.limit if auto else n))
+        limiter = anyio.CapacityLimiter(auto.limit if auto else n)
         self.tally.concurrency = int(limiter.total_tokens)
         if auto is not None:
             self.tally.concurrency_bounds = f"auto {auto.minimum}-{auto.maximum}"
@@ -244,15 +244,13 @@ class Runner:
                 response = await client.get(url)
             except httpx.HTTPError:
                 return None
+            if response.status_code != 200:
+                return None
             load = server_load(response.text, self.job.endpoint.model)
-            if response.status_code != 200 or load is None:
+            if load is None:
                 return None
             loads.append(load)
-        return ServerLoad(
-            running=sum(x.running for x in loads),
-            waiting=sum(x.waiting for x in loads),
-            kv_cache=max(x.kv_cache for x in loads),
-        )
+        return combine(loads)
 
     async def _feed(
         self,
