@@ -30,11 +30,10 @@ from .config import DEFAULT_API_KEY_ENVS, EndpointConfig
 from .errors import ConfigError, PermanentError, RetryableError
 from .payload import encode_body
 from .retry import is_retryable_status, parse_retry_after
-from .stream import StreamState
+from .stream import MAX_ANSWER_BYTES, StreamState
 
 CONNECTIONS_PER_SHARD = 32
 USER_AGENT = f"caption/{__version__}"
-MAX_ANSWER_BYTES = 4 * 1024 * 1024  # a caption is text; anything bigger is not an answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,15 +144,22 @@ def parse_completion(response: httpx.Response) -> Completion:
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     assert isinstance(usage, dict)
 
-    reason = first.get("finish_reason")
-    model = data.get("model")
+    return _completion(content, first.get("finish_reason"), usage, data.get("model"))
+
+
+def _completion(
+    text: str, reason: object, usage: dict[str, Any], model: object, ttft: float | None = None
+) -> Completion:
+    """A ``Completion`` from an answer's parts, streamed or not: strings made valid UTF-8,
+    nonsense counts dropped."""
     return Completion(
-        caption=_valid_utf8(content),
+        caption=_valid_utf8(text),
         finish_reason=_valid_utf8(reason) if isinstance(reason, str) else None,
         prompt_tokens=_count(usage, "prompt_tokens"),
         completion_tokens=_count(usage, "completion_tokens"),
         model=_valid_utf8(model) if isinstance(model, str) else None,
-        status=response.status_code,
+        status=200,
+        ttft_s=ttft,
     )
 
 
@@ -285,18 +291,9 @@ class ChatClient:
         ttft: float | None = None
         state = StreamState()
         async for line in response.aiter_lines():
-            if state.feed(line) and ttft is None:
+            if state.feed(line):  # True once: the first piece of text
                 ttft = time.perf_counter() - t0
-        usage = state.usage
-        return Completion(
-            caption=_valid_utf8(state.text()),
-            finish_reason=state.finish_reason,
-            prompt_tokens=_count(usage, "prompt_tokens"),
-            completion_tokens=_count(usage, "completion_tokens"),
-            model=state.model,
-            status=200,
-            ttft_s=ttft,
-        )
+        return _completion(state.text(), state.finish_reason, state.usage, state.model, ttft)
 
     async def aclose(self) -> None:
         for transport in self._shards:

@@ -60,7 +60,8 @@ class Requester:
         self.other_models: set[str] = set()
         # Identical requests in this run: the first is sent, the others wait for its answer.
         self._pending: dict[str, anyio.Event] = {}
-        self._answers: OrderedDict[str, Completion] = OrderedDict()  # recent ok answers
+        # recent ok answers, with the endpoint that gave them
+        self._answers: OrderedDict[str, tuple[Completion, str]] = OrderedDict()
 
     async def worker(
         self, rx: ObjectReceiveStream[RequestItem], rows: MemoryObjectSendStream[Row]
@@ -94,7 +95,7 @@ class Requester:
         while rk in self._pending:
             await self._pending[rk].wait()
         if rk in self._answers:
-            return self._shared_row(item, self._answers[rk])
+            return self._shared_row(item, *self._answers[rk])
         done = self._pending[rk] = anyio.Event()
         try:
             row = await self._caption(item)
@@ -103,19 +104,30 @@ class Requester:
             done.set()
         return row
 
-    def _remember(self, item: RequestItem, c: Completion) -> None:
-        self._answers[item.request_key] = c
+    def _remember(self, item: RequestItem, c: Completion, endpoint: str) -> None:
+        self._answers[item.request_key] = (c, endpoint)
         if len(self._answers) > SHARED_ANSWERS:
             self._answers.popitem(last=False)
 
-    def _shared_row(self, item: RequestItem, c: Completion) -> Row:
+    @staticmethod
+    def _answer(c: Completion) -> dict[str, object]:
+        """The columns an ok row takes from its answer."""
+        return {
+            "caption": c.caption,
+            "finish_reason": c.finish_reason,
+            "http_status": c.status,
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens,
+            "response_model": c.model,
+        }
+
+    def _shared_row(self, item: RequestItem, c: Completion, endpoint: str) -> Row:
         now = utc_now()
         return self.make_row(
-            item.key, item.relpath, item.sha256, item.prompt, STATUS_OK, now, now,
-            caption=c.caption, finish_reason=c.finish_reason, http_status=c.status,
-            prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens, attempts=0,
-            response_model=c.model, width=item.image.width, height=item.image.height,
-            error=None, queue_wait_s=time.perf_counter() - item.ready_at, encode_s=item.encode_s,
+            item.key, item.relpath, item.sha256, item.prompt, STATUS_OK, now, now, attempts=0,
+            width=item.image.width, height=item.image.height, endpoint=endpoint,
+            queue_wait_s=time.perf_counter() - item.ready_at, encode_s=item.encode_s,
+            **self._answer(c),
         )  # fmt: skip
 
     async def _caption(self, item: RequestItem) -> Row:
@@ -164,14 +176,12 @@ class Requester:
             route.breaker.success()
             if self.auto is not None:
                 self.auto.observe_latency(time.perf_counter() - t0)
-            self._remember(item, c)
+            self._remember(item, c, route.url)
             if c.model and c.model != self.model and c.model not in self.other_models:
                 self.other_models.add(c.model)
                 log.warning("the server answered as model %r, not %r", c.model, self.model)
             return self.make_row(
                 item.key, item.relpath, item.sha256, item.prompt, STATUS_OK, started, utc_now(),
-                caption=c.caption, finish_reason=c.finish_reason, http_status=c.status,
-                prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
-                attempts=sent, latency_s=time.perf_counter() - t0,
-                response_model=c.model, ttft_s=c.ttft_s, **common,
+                attempts=sent, latency_s=time.perf_counter() - t0, ttft_s=c.ttft_s,
+                **self._answer(c), **common,
             )  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import RetryableError
 
-MAX_ANSWER_CHARS = 4 * 1024 * 1024
+MAX_ANSWER_BYTES = 4 * 1024 * 1024  # a caption is text; anything bigger is not an answer
 
 
 @dataclass(slots=True)
@@ -26,7 +26,6 @@ class StreamState:
     model: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
     done: bool = False
-    saw_content: bool = False
 
     def feed(self, line: str) -> bool:
         """Take one SSE line; True when it carried the first piece of text (for TTFT)."""
@@ -56,11 +55,10 @@ class StreamState:
             delta = choice.get("delta")
             text = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(text, str) and text:
-                first_text = not self.saw_content
-                self.saw_content = True
+                first_text = not self.parts
                 self.parts.append(text)
                 self.chars += len(text)
-                if self.chars > MAX_ANSWER_CHARS:
+                if self.chars > MAX_ANSWER_BYTES:  # characters: close enough
                     raise RetryableError("answer too large", status=200)
             if isinstance(choice.get("finish_reason"), str):
                 self.finish_reason = choice["finish_reason"]
