@@ -61,7 +61,6 @@ class Breaker:
         self._opened = anyio.Event()
         self.opened_at: float | None = None
         self.outages = 0
-        self.outage_s = 0.0
 
     @property
     def is_open(self) -> bool:
@@ -112,7 +111,6 @@ class Breaker:
                 await anyio.sleep(wait)
                 delay = min(delay * 2, self.probe_max)
             down = time.monotonic() - self.opened_at
-            self.outage_s += down
             self._strikes = 0
             log.warning("%s healthy again after %.1fs; resuming", self.name, down)
             self._closed.set()

@@ -169,6 +169,11 @@ def tls_context(insecure: bool) -> ssl.SSLContext:
     return httpx.create_ssl_context(verify=not insecure)
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The ``authorization`` header for ``api_key`` (none without a key)."""
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def tls_for(endpoint: EndpointConfig) -> ssl.SSLContext | bool:
     """The ``verify`` of an endpoint's clients: the shared context when a URL is https, else
     ``False``: plain http has no certificate to check, so the CA bundle is never loaded."""
@@ -206,9 +211,8 @@ class ChatClient:
             "content-type": "application/json",
             "accept": "application/json",
             "user-agent": USER_AGENT,
+            **auth_headers(api_key),
         }
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
         self._headers = httpx.Headers(headers)
         self._extensions = {"timeout": make_timeout(endpoint).as_dict()}
         shards = max(1, -(-concurrency // CONNECTIONS_PER_SHARD))

@@ -97,7 +97,7 @@ class Collector:
 
     def _flush_blocking(self, rows: list[Row]) -> None:
         if rows:
-            self.journal.rotate()
-            self.writer.write(rows)
-            self.journal.discard(self.writer.seq)
+            seq = self.journal.rotate()
+            self.writer.write(rows, seq)
+            self.journal.discard(seq)
         self.cache.flush()

@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 from anyio.abc import ObjectSendStream
@@ -51,7 +50,7 @@ class Loaded:
 MAX_FILE_BYTES = 1 << 30  # no image we can send is this big; refuse before reading it
 
 
-def read_file(path: Path) -> tuple[bytes, str]:
+def read_file(path: str | os.PathLike[str]) -> tuple[bytes, str]:
     """The file's bytes and their sha256 (blocking: call in a worker thread)."""
     try:
         with open(path, "rb") as fh:
@@ -142,7 +141,7 @@ class Feed:
 
     def _load(self, f: ImageFile) -> Loaded:
         """Read, hash, find the items still to do and encode, in one worker-thread hop."""
-        raw, sha = read_file(f.path)
+        raw, sha = read_file(f.full)  # the walker's str: no Path per file
         todo = self.pending(f, sha, skip_done=True)
         if not todo:
             return Loaded(sha, todo, None, None, 0.0)

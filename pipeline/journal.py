@@ -21,7 +21,7 @@ from typing import IO, Any
 import pyarrow as pa
 
 from .schema import rows_to_table
-from .sink import fsync_dir, write_atomic
+from .sink import fsync_dir, merged_name, part_name, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,8 @@ def recover(folder: Path, schema: pa.Schema) -> int:
         if m is None:
             continue
         run_id, seq = m["run"], int(m["seq"])
-        part = folder / f"part-{run_id}-{seq:05d}.parquet"
-        merged = folder / f"part-{run_id}-all.parquet"
+        part = folder / part_name(run_id, seq)
+        merged = folder / merged_name(run_id)
         if not part.exists() and not merged.exists():
             try:
                 rows = read_segment(seg)

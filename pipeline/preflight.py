@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from .client import server_message, tls_for
+from .client import auth_headers, server_message, tls_for
 from .config import Job
 from .errors import ConfigError
 
@@ -71,7 +71,7 @@ async def preflight(
 async def _preflight_one(
     job: Job, base: str, api_key: str | None, transport: httpx.AsyncBaseTransport | None
 ) -> ServerInfo:
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = auth_headers(api_key)
     url = base + "/models"
     timeout = httpx.Timeout(min(job.endpoint.timeout, 30.0), connect=job.endpoint.connect_timeout)
     async with httpx.AsyncClient(

@@ -28,7 +28,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .adaptive import AutoConcurrency
 from .breaker import Breaker, health_url, http_probe, metrics_url
-from .client import ChatClient, tls_for
+from .client import ChatClient, auth_headers, tls_for
 from .collector import Collector
 from .config import Job
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_TEMPFAIL, OutputError
@@ -153,7 +153,7 @@ class Runner:
         feed = Feed(
             self.job, cache, done, self.tally, make_row, anyio.CapacityLimiter(self.encoders)
         )
-        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        headers = auth_headers(self.api_key)
         probe_client = httpx.AsyncClient(
             timeout=5.0,
             headers=headers,

@@ -49,6 +49,14 @@ def write_atomic(table: pa.Table, final: Path) -> None:
     fsync_dir(final.parent)
 
 
+def part_name(run_id: str, seq: int) -> str:
+    return f"part-{run_id}-{seq:05d}.parquet"
+
+
+def merged_name(run_id: str) -> str:
+    return f"part-{run_id}-all.parquet"
+
+
 class PartWriter:
     """Appends rows; ``flush()`` turns the buffered rows into one new part file (blocking IO)."""
 
@@ -68,12 +76,14 @@ class PartWriter:
         rows, self.buffer = self.buffer, []
         return rows
 
-    def write(self, rows: list[dict[str, Any]]) -> Path | None:
-        """Write ``rows`` as the next part file; call from a worker thread."""
+    def write(self, rows: list[dict[str, Any]], seq: int | None = None) -> Path | None:
+        """Write ``rows`` as part file ``seq`` (default: the next one); call from a worker
+        thread. The collector passes its journal segment's number, so a segment and the part
+        it became share one number."""
         if not rows:
             return None
-        self.seq += 1
-        final = self.folder / f"part-{self.run_id}-{self.seq:05d}.parquet"
+        self.seq = self.seq + 1 if seq is None else seq
+        final = self.folder / part_name(self.run_id, self.seq)
         write_atomic(rows_to_table(rows, self.schema), final)
         self.rows_written += len(rows)
         self.parts.append(final)
@@ -98,7 +108,7 @@ def compact(folder: Path, run_id: str, parts: list[Path], schema: pa.Schema) -> 
     """
     if len(parts) < COMPACT_MIN_PARTS:
         return None
-    final = folder / f"part-{run_id}-all.parquet"
+    final = folder / merged_name(run_id)
     marker = folder / COMPACT_MARKER
     marker_tmp = folder / f".{COMPACT_MARKER}.tmp"
     with open(marker_tmp, "w", encoding="utf-8") as fh:

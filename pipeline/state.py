@@ -78,17 +78,13 @@ def load_done_keys(folder: Path, *, include_invalid: bool = True) -> set[str]:
                 f"cannot read the part file {part} ({exc}); move it out of the output folder "
                 "(its items will then be captioned again) or restore it, then rerun"
             ) from None
-        keys = table.column("key").to_pylist()
-        statuses = table.column("status").to_pylist()
-        if include_invalid:
-            shas = table.column("image_sha256").to_pylist()
-            done.update(
-                k
-                for k, st, sha in zip(keys, statuses, shas, strict=True)
-                if st == STATUS_OK or (st == STATUS_INVALID and sha is not None)
-            )
-        else:
-            done.update(k for k, st in zip(keys, statuses, strict=True) if st == STATUS_OK)
+        columns = (table.column(c).to_pylist() for c in ("key", "status", "image_sha256"))
+        done.update(
+            key
+            for key, status, sha in zip(*columns, strict=True)
+            if status == STATUS_OK
+            or (include_invalid and status == STATUS_INVALID and sha is not None)
+        )
     return done
 
 
