@@ -85,19 +85,17 @@ class Feed:
         self.tally = tally
         self.make_row = make_row
         self.cpu = cpu
-        # Per prompt: its settings digest, and its text when it uses no $variables.
+        # Per prompt: its settings digests (of the row, and of the request), and its text when
+        # it uses no $variables.
         self._prompts = [
             (
                 p,
                 settings_digest(job.endpoint.model, p, job.image),
+                settings_digest(job.endpoint.model, p, job.image, named=False),
                 None if uses_variables(p.text) else render(p.text, ""),  # "$$" -> "$"
             )
             for p in job.prompts
         ]
-        self._request_settings = {
-            p.name: settings_digest(job.endpoint.model, p, job.image, named=False)
-            for p in job.prompts
-        }
 
     async def walk(self, tx: ObjectSendStream[ImageFile]) -> None:
         """List the tree in a thread, a batch at a time; files whose items are all done (by
@@ -132,11 +130,12 @@ class Feed:
         """Every (image, prompt) item of ``f`` with its key; with ``skip_done`` only those not
         done yet (keys are checked before any object is made: most files of a rerun have none)."""
         out = []
-        for prompt, settings, fixed_text in self._prompts:
+        for prompt, settings, request_settings, fixed_text in self._prompts:
             text = fixed_text if fixed_text is not None else render(prompt.text, f.relpath)
             key = key_from(settings, sha, f.relpath, text)
             if not (skip_done and key in self.done):
-                out.append(Pending(key, prompt, text))
+                rkey = key_from(request_settings, sha, "", text)
+                out.append(Pending(key, prompt, text, rkey))
         return out
 
     def _load(self, f: ImageFile) -> Loaded:
@@ -194,10 +193,9 @@ class Feed:
                         continue
                     if got.image is None:
                         continue
-                    for p in got.todo:
-                        rkey = key_from(self._request_settings[p.prompt.name], got.sha, "", p.text)
+                    for p in got.todo:  # keys were computed in the thread
                         item = RequestItem(
-                            p.key, rkey, f.relpath, got.sha, p.prompt, p.text, got.image,
+                            p.key, p.request_key, f.relpath, got.sha, p.prompt, p.text, got.image,
                             got.encode_s, time.perf_counter(),
                         )  # fmt: skip
                         await tx.send(item)

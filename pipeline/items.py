@@ -19,6 +19,7 @@ class Pending:
     key: str
     prompt: PromptConfig
     text: str
+    request_key: str  # what is sent, whatever the path or prompt name (identical images)
 
 
 @dataclass(frozen=True, slots=True)
