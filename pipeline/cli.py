@@ -32,7 +32,7 @@ from .errors import (
     OutputError,
 )
 from .preflight import preflight
-from .progress import format_summary
+from .progress import format_summary, wants_bar
 from .runner import Runner, RunResult
 from .schema import skip_pandas_probe
 
@@ -165,7 +165,7 @@ async def execute(job: Job) -> RunResult:
 
 def _logs_around_the_bar(progress: bool) -> contextlib.AbstractContextManager[object]:
     """Log lines printed above the progress bar instead of through it (when there is one)."""
-    if not (progress and sys.stderr.isatty()):
+    if not wants_bar(progress):
         return contextlib.nullcontext()
     from tqdm.contrib.logging import logging_redirect_tqdm
 

@@ -114,13 +114,18 @@ def format_summary(t: Tally, wall_s: float, output: str) -> str:
     return "\n".join(lines)
 
 
+def wants_bar(enabled: bool) -> bool:
+    """A progress bar only when asked for and there is a terminal to draw it on."""
+    return enabled and sys.stderr.isatty()
+
+
 class Reporter:
     """Shows progress: a tqdm bar on a terminal, else a log line every few seconds."""
 
     def __init__(self, tally: Tally, *, enabled: bool) -> None:
         self.tally = tally
         self.bar: tqdm[Any] | None = None
-        if enabled and sys.stderr.isatty():
+        if wants_bar(enabled):
             from tqdm import tqdm  # only with a terminal to draw on (import: 70 ms)
 
             self.bar = tqdm(total=None, unit="item", dynamic_ncols=True, file=sys.stderr)
