@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -127,3 +127,18 @@ def http_probe(client: httpx.AsyncClient, url: str) -> Callable[[], Awaitable[bo
         return response.status_code < 500
 
     return probe
+
+
+async def wait_any(breakers: Sequence[Breaker]) -> None:
+    """Return as soon as one of ``breakers`` is closed (at once if one already is)."""
+    if len(breakers) == 1:
+        await breakers[0].wait()
+        return
+    async with anyio.create_task_group() as tg:
+
+        async def first(breaker: Breaker) -> None:
+            await breaker.wait()
+            tg.cancel_scope.cancel()
+
+        for breaker in breakers:
+            tg.start_soon(first, breaker)

@@ -18,7 +18,7 @@ from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
 from .adaptive import AutoConcurrency
-from .breaker import Breaker
+from .breaker import Breaker, wait_any
 from .client import ChatClient, Completion
 from .errors import PermanentError, RetryableError
 from .items import RequestItem, Row, RowMaker
@@ -84,10 +84,7 @@ class Requester:
             healthy = [r for r in self.routes if not r.breaker.is_open]
             if healthy:
                 return min(healthy, key=lambda r: r.client.in_flight)
-            if len(self.routes) == 1:
-                await self.routes[0].breaker.wait()
-            else:
-                await anyio.sleep(0.05)
+            await wait_any([r.breaker for r in self.routes])
 
     async def caption(self, item: RequestItem) -> Row:
         """The row for ``item``; an identical request already sent or in flight is reused."""
