@@ -9,10 +9,12 @@ into place, so a reader or a crash never sees a half-written file. Part files ar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,12 +35,15 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(table: pa.Table, final: Path) -> None:
-    """Write ``table`` to ``final`` via a hidden temp file + fsync + rename."""
+@contextlib.contextmanager
+def atomic_file(final: Path) -> Iterator[BinaryIO]:
+    """A hidden temp file for ``final``: on success it is fsynced, made 0644 and renamed into
+    place, and the folder fsynced; on error it is removed. Readers and crashes never see a
+    half-written ``final``."""
     tmp = final.with_name(f".{final.name}.tmp")
     try:
         with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
@@ -47,6 +52,12 @@ def write_atomic(table: pa.Table, final: Path) -> None:
     os.chmod(tmp, 0o644)
     os.replace(tmp, final)
     fsync_dir(final.parent)
+
+
+def write_atomic(table: pa.Table, final: Path) -> None:
+    """Write ``table`` to ``final`` through ``atomic_file``."""
+    with atomic_file(final) as fh:
+        pq.write_table(table, fh, compression="zstd")
 
 
 def part_name(run_id: str, seq: int) -> str:
@@ -110,13 +121,8 @@ def compact(folder: Path, run_id: str, parts: list[Path], schema: pa.Schema) -> 
         return None
     final = folder / merged_name(run_id)
     marker = folder / COMPACT_MARKER
-    marker_tmp = folder / f".{COMPACT_MARKER}.tmp"
-    with open(marker_tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps({"merged": final.name, "parts": [p.name for p in parts]}))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(marker_tmp, marker)
-    fsync_dir(folder)
+    with atomic_file(marker) as fh:
+        fh.write(json.dumps({"merged": final.name, "parts": [p.name for p in parts]}).encode())
     _merge(parts, final, schema)
     for part in parts:
         part.unlink(missing_ok=True)
@@ -127,25 +133,18 @@ def compact(folder: Path, run_id: str, parts: list[Path], schema: pa.Schema) -> 
 
 def _merge(parts: list[Path], final: Path, schema: pa.Schema) -> None:
     """Stream ``parts`` into one file with row groups of about ``MERGE_ROWS`` rows."""
-    tmp = final.with_name(f".{final.name}.tmp")
-    with open(tmp, "wb") as fh:
-        with pq.ParquetWriter(fh, schema, compression="zstd") as writer:
-            pending: list[pa.Table] = []
-            rows = 0
-            for part in parts:
-                table = pq.ParquetFile(part).read().cast(schema)  # no pyarrow.dataset import
-                pending.append(table)
-                rows += table.num_rows
-                if rows >= MERGE_ROWS:
-                    writer.write_table(pa.concat_tables(pending))
-                    pending, rows = [], 0
-            if pending:
+    with atomic_file(final) as fh, pq.ParquetWriter(fh, schema, compression="zstd") as writer:
+        pending: list[pa.Table] = []
+        rows = 0
+        for part in parts:
+            table = pq.ParquetFile(part).read().cast(schema)  # no pyarrow.dataset import
+            pending.append(table)
+            rows += table.num_rows
+            if rows >= MERGE_ROWS:
                 writer.write_table(pa.concat_tables(pending))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
+                pending, rows = [], 0
+        if pending:
+            writer.write_table(pa.concat_tables(pending))
 
 
 def recover_compaction(folder: Path) -> None:
