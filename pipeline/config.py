@@ -70,6 +70,9 @@ class PromptConfig:
     file: Path | None = None  # where ``text`` came from, for the record
 
 
+_DEFAULT_PROMPT = PromptConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class RunConfig:
     output: Path = Path("out")
@@ -190,9 +193,8 @@ def read_job_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"job file {path} is not valid TOML: {exc}") from None
     base = path.resolve().parent
-    sections = [*_SCHEMA, "prompt"]
     for key, value in raw.items():
-        if key not in sections:
+        if key not in _SCHEMA:
             raise _unknown(key, [*_SCHEMA], f"job file {path}")
         if key == "prompt":
             if not isinstance(value, list):
@@ -366,9 +368,9 @@ def _prompt(table: Mapping[str, Any], index: int) -> PromptConfig:
         name=name,
         text=text,
         system=table.get("system", DEFAULT_SYSTEM) or None,
-        max_tokens=table.get("max_tokens", 2048),
-        temperature=float(table.get("temperature", 0.7)),
-        top_p=float(table.get("top_p", 0.9)),
+        max_tokens=table.get("max_tokens", _DEFAULT_PROMPT.max_tokens),
+        temperature=float(table.get("temperature", _DEFAULT_PROMPT.temperature)),
+        top_p=float(table.get("top_p", _DEFAULT_PROMPT.top_p)),
         extra=dict(table.get("extra", {})),
         file=file,
     )
@@ -420,8 +422,8 @@ def build_job(raw: Mapping[str, Any]) -> Job:
         model=ep.get("model", de.model),
         api_key_env=ep.get("api_key_env"),
         api_key_file=Path(ep["api_key_file"]) if "api_key_file" in ep else None,
-        insecure=ep.get("insecure", False),
-        stream=ep.get("stream", False),
+        insecure=ep.get("insecure", de.insecure),
+        stream=ep.get("stream", de.stream),
         timeout=float(ep.get("timeout", de.timeout)),
         connect_timeout=float(ep.get("connect_timeout", de.connect_timeout)),
     )
@@ -474,10 +476,10 @@ def build_job(raw: Mapping[str, Any]) -> Job:
         backoff_initial=float(rn.get("backoff_initial", d.backoff_initial)),
         backoff_max=float(rn.get("backoff_max", d.backoff_max)),
         retry_after_max=float(rn.get("retry_after_max", d.retry_after_max)),
-        progress=rn.get("progress", True),
+        progress=rn.get("progress", d.progress),
         max_outage=float(rn.get("max_outage", d.max_outage)),
         grace_period=float(rn.get("grace_period", d.grace_period)),
-        retry_invalid=rn.get("retry_invalid", False),
+        retry_invalid=rn.get("retry_invalid", d.retry_invalid),
     )
     if run.max_outage < 0 or run.grace_period < 0:
         raise ConfigError("max_outage and grace_period must be >= 0 seconds")
