@@ -66,6 +66,7 @@ class Collector:
                             except anyio.EndOfStream:
                                 ended = True
                                 break
+                        self._wake.set()  # once per batch of rows: the journal takes them all
                     self.reporter.refresh()
                     if time.monotonic() - last >= self.flush_interval:
                         await self.flush()
@@ -79,7 +80,6 @@ class Collector:
         self.writer.add(row)
         self.tally.record(row)
         self._unjournaled.append(row)
-        self._wake.set()
 
     async def _journal_loop(self) -> None:
         while not self._closed:
