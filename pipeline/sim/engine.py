@@ -21,16 +21,18 @@ from .config import SimConfig
 class FifoSlots:
     """A strictly first-come-first-served counting semaphore that exposes its queue length.
 
-    ``acquire`` returns when the slot became this request's (loop time): for a queued request,
-    the moment the previous holder let go. A GPU starts the next request as soon as a batch slot
-    frees, whatever the API server is busy with; timing service from then keeps the
-    simulator's own Python work (answering 64 requests that end together) out of the slot time.
+    ``acquire`` returns when the slot became this request's (loop time). ``release`` takes
+    the time the holder's service was due to end: a GPU frees a batch slot on schedule and
+    starts the next queued request then, whatever the API server is busy with. So a queued
+    request's service starts at ``max(due end of the previous holder, its own arrival)``,
+    which keeps the simulator's own Python work (answering 64 requests that end together)
+    out of the slot time.
     """
 
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self.running = 0
-        self._waiters: deque[asyncio.Future[float]] = deque()
+        self._waiters: deque[tuple[asyncio.Future[float], float]] = deque()
 
     @property
     def waiting(self) -> int:
@@ -38,26 +40,31 @@ class FifoSlots:
 
     async def acquire(self) -> float:
         loop = asyncio.get_running_loop()
+        now = loop.time()
         if self.running < self.slots and not self._waiters:
             self.running += 1
-            return loop.time()
+            return now
         waiter: asyncio.Future[float] = loop.create_future()
-        self._waiters.append(waiter)
+        entry = (waiter, now)
+        self._waiters.append(entry)
         try:
             return await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # the slot was handed over just before the cancel: pass it on
             else:
-                self._waiters.remove(waiter)
+                self._waiters.remove(entry)
             raise
 
-    def release(self) -> None:
+    def release(self, freed_at: float | None = None) -> None:
+        """Let go of a slot that freed at ``freed_at`` (loop time; default now)."""
+        now = asyncio.get_running_loop().time()
+        freed = now if freed_at is None else min(freed_at, now)
         while self._waiters:
-            waiter = self._waiters.popleft()
+            waiter, arrived = self._waiters.popleft()
             if not waiter.done():
-                # hand the slot over, with the time it freed; `running` stays the same
-                waiter.set_result(asyncio.get_running_loop().time())
+                # hand the slot over; `running` stays the same
+                waiter.set_result(max(freed, arrived))
                 return
         self.running -= 1
 
@@ -97,20 +104,23 @@ class Engine:
         self._jitter_rng = random.Random(config.seed + 1)
 
     @asynccontextmanager
-    async def running(self, kv_tokens: int) -> AsyncIterator[float]:
-        """Hold a slot (waiting in FIFO order) while the body runs; account KV usage. Yields
-        the loop time the slot became this request's (see ``FifoSlots``)."""
+    async def running(self, kv_tokens: int, seconds: float) -> AsyncIterator[float]:
+        """Hold a slot (waiting in FIFO order) for `seconds` of service; account KV usage.
+
+        Yields the loop time the service is due to end, counted from when the slot became
+        this request's (see ``FifoSlots``); the body sleeps until then. The slot is handed
+        on as freed at that due time, or now if the body ends early (a client went away)."""
         slots, stats = self.slots, self.stats
         if slots.running >= slots.slots or slots.waiting:
             stats.max_waiting = max(stats.max_waiting, slots.waiting + 1)
-        started = await slots.acquire()
+        due = await slots.acquire() + seconds
         stats.max_running = max(stats.max_running, slots.running)
         self.kv_tokens += kv_tokens
         try:
-            yield started
+            yield due
         finally:
             self.kv_tokens -= kv_tokens
-            slots.release()
+            slots.release(due)
 
     def service_time(self, completion_tokens: int) -> float:
         """Seconds of simulated generation for a request, with jitter applied."""

@@ -147,10 +147,10 @@ async def _chat(app: SimApp, req: HttpRequest, conn: HttpConnection) -> None:
     created = int(time.time())
     engine = app.engine
     try:
-        async with engine.running(request.prompt_tokens + n_out) as started:
+        seconds = engine.service_time(n_out)
+        async with engine.running(request.prompt_tokens + n_out, seconds) as due:
             # Service runs from when the slot became ours (see FifoSlots).
-            elapsed = asyncio.get_running_loop().time() - started
-            service = max(0.0, engine.service_time(n_out) - elapsed)
+            service = max(0.0, due - asyncio.get_running_loop().time())
             if request.stream and fault is None:
                 await _stream(app, conn, request, completion, cid, created, service)
             elif service > 0:
