@@ -18,14 +18,14 @@ demo: $(STAMP)
 	$(BIN)/python -m pipeline demo
 
 test: $(STAMP)
-	$(BIN)/ruff check pipeline tests
-	$(BIN)/ruff format --check pipeline tests
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/ruff format --check pipeline tests bench
 	$(BIN)/mypy pipeline
 	$(BIN)/python -m pytest -q -m "not vllm"
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline tests
-	$(BIN)/ruff format --check pipeline tests
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/ruff format --check pipeline tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy pipeline

@@ -13,8 +13,8 @@ Run: .venv/bin/python bench/bookkeeping.py [--items 100000] [--files 1000000]
 from __future__ import annotations
 
 import argparse
-import statistics
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -124,8 +124,10 @@ def walk_rss(m: int) -> str:
         out = subprocess.run([sys.executable, "-c", WALK, str(root)], capture_output=True,
                              text=True, check=True).stdout.split()  # fmt: skip
         wall = time.monotonic() - t0
-    return (f"| walk of {m:,} files | {wall:.1f} s | peak RSS {float(out[1]):.0f} MB "
-            f"| {out[0]} files yielded | setup {setup:.0f} s |")
+    return (
+        f"| walk of {m:,} files | {wall:.1f} s | peak RSS {float(out[1]):.0f} MB "
+        f"| {out[0]} files yielded | setup {setup:.0f} s |"
+    )
 
 
 def main() -> None:

@@ -12,9 +12,9 @@ Run: .venv/bin/python bench/client_scaling.py [--big] [--items 2000] [--reps 3] 
 from __future__ import annotations
 
 import argparse
-import statistics
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,14 +25,14 @@ import anyio
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import make_images  # noqa: E402
+from helpers import make_images
 
-from pipeline.client import ChatClient  # noqa: E402
-from pipeline.config import EndpointConfig, ImageConfig, Overrides, PromptConfig, load_job  # noqa: E402
-from pipeline.encode import encode_image  # noqa: E402
-from pipeline.payload import build_body  # noqa: E402
-from pipeline.runner import Runner  # noqa: E402
-from pipeline.schema import skip_pandas_probe  # noqa: E402
+from pipeline.client import ChatClient
+from pipeline.config import EndpointConfig, ImageConfig, Overrides, PromptConfig, load_job
+from pipeline.encode import encode_image
+from pipeline.payload import build_body
+from pipeline.runner import Runner
+from pipeline.schema import skip_pandas_probe
 
 
 def make_noisy(folder: Path, n: int) -> None:

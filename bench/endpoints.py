@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import make_images  # noqa: E402
-from saturation import sim  # noqa: E402
+from helpers import make_images
+from saturation import sim
 
 
 def run(urls: list[str], images: Path, out: Path) -> tuple[float, str]:

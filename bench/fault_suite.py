@@ -21,9 +21,9 @@ from pathlib import Path
 import pyarrow.dataset as ds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import down_after, make_images  # noqa: E402
+from helpers import down_after, make_images
 
-from pipeline.sim import FaultConfig, SimConfig, SimServer  # noqa: E402
+from pipeline.sim import FaultConfig, SimConfig, SimServer
 
 
 def cli(sim: SimServer, root: Path, out: Path, *extra: str) -> list[str]:
@@ -59,7 +59,6 @@ def outage(tmp: Path, n: int) -> str:
     root = tmp / "outage"
     make_images(root, n, size=(48, 32), seed=6)
     with SimServer(SimConfig(slots=16, latency=0.05)) as sim:
-
         down_after(sim, n // 4, 7.0)
         t0 = time.monotonic()
         p = subprocess.run(cli(sim, root, tmp / "o2", "--concurrency", "16", "--retries", "2"),
@@ -82,7 +81,9 @@ def kills(tmp: Path, n: int, k: int, conc: int) -> str:
             time.sleep(rng.uniform(0.3, 1.5))
             proc.kill()
             proc.wait()
-        p = subprocess.run(cli(sim, root, tmp / "o3", "--concurrency", str(conc)), capture_output=True)
+        p = subprocess.run(
+            cli(sim, root, tmp / "o3", "--concurrency", str(conc)), capture_output=True
+        )
         st = sim.stats()
     ok, dup = tally(tmp / "o3")
     redone = st["completed"] - n
@@ -99,7 +100,9 @@ def main() -> None:
         tmp = Path(d)
         print(f"\n## Fault suite, {time.strftime('%Y-%m-%d %H:%M')} UTC, {os.cpu_count()} cores, "
               f"`python bench/fault_suite.py --items {args.items}`\n")  # fmt: skip
-        print("| scenario | items | faults injected | ok items | duplicate ok rows | lost | notes |")
+        print(
+            "| scenario | items | faults injected | ok items | duplicate ok rows | lost | notes |"
+        )
         print("|---|---|---|---|---|---|---|")
         print(mixed(tmp, args.items), flush=True)
         print(outage(tmp, args.items), flush=True)

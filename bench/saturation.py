@@ -9,9 +9,9 @@ Run: .venv/bin/python bench/saturation.py [--items 3000] [--reps 3]
 from __future__ import annotations
 
 import argparse
-import statistics
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import make_images  # noqa: E402
+from helpers import make_images
 
 
 def sim(tmp: Path, slots: int, latency: float) -> tuple[subprocess.Popen[bytes], str]:

@@ -22,8 +22,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import make_images  # noqa: E402
-from saturation import run, sim  # noqa: E402
+from helpers import make_images
+from saturation import run, sim
 
 
 def seed_rate(url: str, paths: list[Path]) -> float:
