@@ -6,7 +6,7 @@ Starts the simulator in its own process with zero latency, then, in this process
   * the pipeline's sharded client alone (ChatClient) posting the same body,
 at concurrency 16, 64 and 256. Prints a markdown table. Bounded: N requests per cell.
 
-Run: .venv/bin/python bench/client_scaling.py [--big] [--items 2000] [--reps 3]  (both in make bench)
+Run: .venv/bin/python bench/client_scaling.py [--big] [--items 2000] [--reps 5]  (both in make bench)
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--conc", type=int, nargs="+", default=[16, 64, 256])
-    ap.add_argument("--reps", type=int, default=3, help="runs per cell; medians are reported")
+    ap.add_argument("--reps", type=int, default=5, help="runs per cell; medians are reported")
     ap.add_argument(
         "--big", action="store_true", help="896x672 noisy photos: ~200 KB base64 bodies"
     )
@@ -156,17 +156,32 @@ def main() -> None:
             print("\n| concurrency | bare aiohttp loop (req/s) | bare httpx, one pool (req/s) "
                   "| ChatClient sharded (req/s) | whole pipeline (items/s) | pipeline / bare aiohttp "
                   "| runs: pipeline / bare |\n|---|---|---|---|---|---|---|")  # fmt: skip
+            httpx_one = {c: anyio.run(bare_httpx, url, raw, args.items, c) for c in args.conc}
+            bare: dict[int, list[float]] = {c: [] for c in args.conc}
+            client: dict[int, list[float]] = {c: [] for c in args.conc}
+            pipe: dict[int, list[float]] = {c: [] for c in args.conc}
+            # Interleaved: each rep runs every concurrency and every client, so the VM's drifts
+            # hit all cells alike and a same-rep ratio compares runs made a minute apart.
+            for _ in range(args.reps):
+                for conc in args.conc:
+                    bare[conc].append(anyio.run(bare_aiohttp, url, raw, args.items, conc))
+                    client[conc].append(anyio.run(sharded, url, body, args.items, conc))
+                    pipe[conc].append(pipeline_rate(url, tmp / "images", tmp / "out", conc))
             for conc in args.conc:
-                a = anyio.run(bare_httpx, url, raw, args.items, conc)
-                bare, client, pipe = [], [], []
-                for _ in range(args.reps):  # interleaved, so drifts of the VM hit all three
-                    bare.append(anyio.run(bare_aiohttp, url, raw, args.items, conc))
-                    client.append(anyio.run(sharded, url, body, args.items, conc))
-                    pipe.append(pipeline_rate(url, tmp / "images", tmp / "out", conc))
-                r, b, c = (statistics.median(x) for x in (bare, client, pipe))
-                runs = ", ".join(f"{p:.0f}/{q:.0f}" for p, q in zip(pipe, bare, strict=True))
-                print(f"| {conc} | {r:.0f} | {a:.0f} | {b:.0f} | {c:.0f} | {c / r:.2f} | {runs} |",
-                      flush=True)  # fmt: skip
+                r, b, c = (statistics.median(x[conc]) for x in (bare, client, pipe))
+                runs = ", ".join(
+                    f"{p:.0f}/{q:.0f}" for p, q in zip(pipe[conc], bare[conc], strict=True)
+                )
+                print(f"| {conc} | {r:.0f} | {httpx_one[conc]:.0f} | {b:.0f} | {c:.0f} | "
+                      f"{c / r:.2f} | {runs} |")  # fmt: skip
+            lo, hi = min(args.conc), max(args.conc)
+            same_rep = [h / lo_ for h, lo_ in zip(pipe[hi], pipe[lo], strict=True)]
+            bare_rep = [h / lo_ for h, lo_ in zip(bare[hi], bare[lo], strict=True)]
+            print(f"\nwhole pipeline at {hi} vs {lo}: ratio of medians "
+                  f"{statistics.median(pipe[hi]) / statistics.median(pipe[lo]):.2f}; same-rep "
+                  f"ratios {', '.join(f'{x:.2f}' for x in same_rep)} (median "
+                  f"{statistics.median(same_rep):.2f}); bare aiohttp same-rep median "
+                  f"{statistics.median(bare_rep):.2f}", flush=True)  # fmt: skip
         finally:
             proc.terminate()
             proc.wait()
