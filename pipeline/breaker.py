@@ -131,9 +131,6 @@ def http_probe(client: httpx.AsyncClient, url: str) -> Callable[[], Awaitable[bo
 
 async def wait_any(breakers: Sequence[Breaker]) -> None:
     """Return as soon as one of ``breakers`` is closed (at once if one already is)."""
-    if len(breakers) == 1:
-        await breakers[0].wait()
-        return
     async with anyio.create_task_group() as tg:
 
         async def first(breaker: Breaker) -> None:

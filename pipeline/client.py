@@ -43,7 +43,6 @@ class Completion:
     prompt_tokens: int | None
     completion_tokens: int | None
     model: str | None
-    status: int
     ttft_s: float | None = None  # time to first token, when streamed
 
 
@@ -158,7 +157,6 @@ def _completion(
         prompt_tokens=_count(usage, "prompt_tokens"),
         completion_tokens=_count(usage, "completion_tokens"),
         model=_valid_utf8(model) if isinstance(model, str) else None,
-        status=200,
         ttft_s=ttft,
     )
 

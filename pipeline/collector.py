@@ -57,15 +57,7 @@ class Collector:
                             self.add(await rx.receive())
                         except anyio.EndOfStream:
                             break
-                        # Rows already waiting are taken without a timer or a checkpoint each.
-                        while True:
-                            try:
-                                self.add(rx.receive_nowait())
-                            except anyio.WouldBlock:
-                                break
-                            except anyio.EndOfStream:
-                                ended = True
-                                break
+                        ended = self._drain(rx)
                         self._wake.set()  # once per batch of rows: the journal takes them all
                     self.reporter.refresh()
                     if time.monotonic() - last >= self.flush_interval:
@@ -75,6 +67,17 @@ class Collector:
             self._wake.set()
         await self.flush()
         self.reporter.refresh()
+
+    def _drain(self, rx: MemoryObjectReceiveStream[Row]) -> bool:
+        """Add the rows already waiting, without a timer or a checkpoint each; True when the
+        stream has ended."""
+        while True:
+            try:
+                self.add(rx.receive_nowait())
+            except anyio.WouldBlock:
+                return False
+            except anyio.EndOfStream:
+                return True
 
     def add(self, row: Row) -> None:
         self.writer.add(row)

@@ -112,7 +112,7 @@ class Requester:
         return {
             "caption": c.caption,
             "finish_reason": c.finish_reason,
-            "http_status": c.status,
+            "http_status": 200,  # an answer is only parsed from a 200
             "prompt_tokens": c.prompt_tokens,
             "completion_tokens": c.completion_tokens,
             "response_model": c.model,

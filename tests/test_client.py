@@ -103,7 +103,6 @@ class TestParseCompletion:
             prompt_tokens=293,
             completion_tokens=16,
             model="gemma3-27b",
-            status=200,
         )
 
     def test_missing_usage_and_model_are_none(self) -> None:
