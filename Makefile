@@ -17,10 +17,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m pipeline demo
 
-test: $(STAMP)
-	$(BIN)/ruff check pipeline tests bench
-	$(BIN)/ruff format --check pipeline tests bench
-	$(BIN)/mypy pipeline
+test: lint typecheck
 	$(BIN)/python -m pytest -q -m "not vllm"
 
 lint: $(STAMP)
