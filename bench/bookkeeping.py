@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from saturation import sim
+
 from pipeline.config import ImageConfig, PromptConfig
 from pipeline.payload import item_key
 from pipeline.schema import STATUS_OK, schema_with_job, utc_now
@@ -65,13 +67,8 @@ def noop_rerun(n: int, reps: int = 5) -> str:
         t0 = time.monotonic()
         make_finished(tmp / "img", tmp / "out", n)
         setup = time.monotonic() - t0
-        port_file = tmp / "port"
-        sim = subprocess.Popen([sys.executable, "-m", "pipeline", "sim", "--port", "0",
-                                "--port-file", str(port_file)], stdout=subprocess.DEVNULL)  # fmt: skip
+        server, url = sim(tmp)
         try:
-            while not port_file.exists():
-                time.sleep(0.05)
-            url = f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
             walls, rsss = [], []
             for _ in range(reps):
                 t0 = time.monotonic()
@@ -82,8 +79,8 @@ def noop_rerun(n: int, reps: int = 5) -> str:
                 walls.append(time.monotonic() - t0)
                 rsss.append(float(p.stderr.split("peak-rss-mb")[-1].split()[0]))
         finally:
-            sim.terminate()
-            sim.wait()
+            server.terminate()
+            server.wait()
     summary = [ln.strip() for ln in p.stdout.splitlines() if "items " in ln or "latency" in ln]
     each = ", ".join(f"{w:.2f}" for w in walls)
     return (f"| no-op rerun, {n:,} finished items | median {statistics.median(walls):.2f} s of "

@@ -15,7 +15,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import make_images
+from saturation import sim
 
 from pipeline.client import ChatClient
 from pipeline.config import EndpointConfig, ImageConfig, Overrides, PromptConfig, load_job
@@ -44,22 +44,6 @@ def make_noisy(folder: Path, n: int) -> None:
     for i in range(n):
         noise = Image.effect_noise((896, 672), 36 + i % 8).convert("RGB")
         Image.blend(base, noise, 0.15).save(folder / f"p{i:05d}.jpg", quality=90)
-
-
-def start_sim(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port_file = tmp / "port"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "sim", "--port", "0", "--port-file", str(port_file),
-         "--latency", "0", "--slots", "4096"],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while not port_file.exists():
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise SystemExit("simulator did not start")
-        time.sleep(0.05)
-    return proc, f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
 
 
 async def post_loop(post, n: int, conc: int) -> float:  # type: ignore[no-untyped-def]
@@ -148,7 +132,7 @@ def main() -> None:
         import json
 
         raw = json.dumps(body).encode()
-        proc, url = start_sim(tmp)
+        proc, url = sim(tmp, slots=4096, latency=0)
         try:
             print(f"# client scaling, {time.strftime('%Y-%m-%d %H:%M')} UTC, {os.cpu_count()} "
                   f"cores, {args.items} requests per cell, body {len(raw)} bytes, zero-latency "

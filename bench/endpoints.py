@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,18 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import make_images
-from saturation import sim
-
-
-def run(urls: list[str], images: Path, out: Path) -> tuple[float, str]:
-    shutil.rmtree(out, ignore_errors=True)
-    args = [sys.executable, "-m", "pipeline", "run", "--input", str(images), "--output", str(out),
-            "--prompt", "Describe.", "--no-progress"]  # fmt: skip
-    for url in urls:
-        args += ["--endpoint", url]
-    p = subprocess.run(args, capture_output=True, text=True, check=True)
-    line = next(ln.strip() for ln in p.stdout.splitlines() if "wall time" in ln)
-    return float(line.split()[2].rstrip("s,")), line
+from saturation import run, sim
 
 
 def main() -> None:
@@ -46,8 +33,9 @@ def main() -> None:
         pa, ua = sim(tmp / "a", 8, 0.25)
         pb, ub = sim(tmp / "b", 8, 0.25)
         try:
-            one, l1 = run([ua], tmp / "images", tmp / "o1")
-            two, l2 = run([ua, ub], tmp / "images", tmp / "o2")
+            r1 = run([ua], tmp / "images", tmp / "o1")
+            r2 = run([ua, ub], tmp / "images", tmp / "o2")
+            one, two = r1.run_wall, r2.run_wall
         finally:
             for p in (pa, pb):
                 p.terminate()
@@ -57,7 +45,7 @@ def main() -> None:
     print("| endpoints | run wall s | items/s |\n|---|---|---|")
     print(f"| 1 | {one:.1f} | {args.items / one:.1f} |")
     print(f"| 2 | {two:.1f} | {args.items / two:.1f} |")
-    print(f"\nratio: {one / two:.2f}x   ({l1} / {l2})")
+    print(f"\nratio: {one / two:.2f}x   ({r1.summary} / {r2.summary})")
 
 
 if __name__ == "__main__":

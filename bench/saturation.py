@@ -19,34 +19,52 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import make_images
 
 
-def sim(tmp: Path, slots: int, latency: float) -> tuple[subprocess.Popen[bytes], str]:
+def sim(tmp: Path, slots: int = 64, latency: float = 0.25) -> tuple[subprocess.Popen[bytes], str]:
+    """`caption sim` in its own process on a free port; its process and base URL."""
     port_file = tmp / "port"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "sim", "--port", "0", "--port-file", str(port_file),
          "--slots", str(slots), "--latency", str(latency)],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
+    deadline = time.monotonic() + 20
     while not port_file.exists():
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("simulator did not start")
         time.sleep(0.05)
     return proc, f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
 
 
-def run(url: str, images: Path, out: Path, conc: str) -> tuple[float, str]:
+class Run(NamedTuple):
+    wall: float  # seconds, the whole process
+    summary: str  # the summary's "wall time" line
+    launched: float  # time.time() when the process was started
+
+    @property
+    def run_wall(self) -> float:
+        """The summary's wall time: the run itself, without Python start-up and preflight."""
+        return float(self.summary.split()[2].rstrip("s,"))
+
+
+def run(urls: list[str], images: Path, out: Path, *flags: str) -> Run:
+    """`caption run` over `images` into a fresh `out` against `urls`, with `flags`."""
     shutil.rmtree(out, ignore_errors=True)
-    t0 = time.monotonic()
-    p = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "--endpoint", url, "--input", str(images),
-         "--output", str(out), "--prompt", "Describe.", "--concurrency", conc, "--no-progress"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    cmd = [sys.executable, "-m", "pipeline", "run", "--input", str(images), "--output", str(out),
+           "--prompt", "Describe.", "--no-progress", *flags]  # fmt: skip
+    for url in urls:
+        cmd += ["--endpoint", url]
+    launched, t0 = time.time(), time.monotonic()
+    p = subprocess.run(cmd, capture_output=True, text=True, check=True)
     wall = time.monotonic() - t0
-    summary = next((ln.strip() for ln in p.stdout.splitlines() if "wall time" in ln), "")
-    return wall, summary
+    summary = next(ln.strip() for ln in p.stdout.splitlines() if "wall time" in ln)
+    return Run(wall, summary, launched)
 
 
 def busy_window(out: Path, launched: float) -> tuple[float, float]:
@@ -86,16 +104,14 @@ def main() -> None:
             for rep in range(1, args.reps + 1):
                 for conc in ("auto", str(args.slots)):
                     out = tmp / f"out-{conc}"
-                    shutil.rmtree(out, ignore_errors=True)
-                    launched = time.time()
-                    wall, summary = run(url, tmp / "images", out, conc)
-                    in_run = float(summary.split("s, ")[1].split(" items/s")[0])
-                    busy, first = busy_window(out, launched)
-                    ratios = (args.items / wall / ideal, in_run / ideal,
+                    r = run([url], tmp / "images", out, "--concurrency", conc)
+                    in_run = float(r.summary.split("s, ")[1].split(" items/s")[0])
+                    busy, first = busy_window(out, r.launched)
+                    ratios = (args.items / r.wall / ideal, in_run / ideal,
                               args.items / busy / ideal)  # fmt: skip
                     got.setdefault(conc, []).append(ratios)
                     print(f"| {rep} | {conc} | {ratios[0]:.3f} | {ratios[1]:.3f} | "
-                          f"{ratios[2]:.3f} | {first:.2f} s | {summary} |", flush=True)  # fmt: skip
+                          f"{ratios[2]:.3f} | {first:.2f} s | {r.summary} |", flush=True)  # fmt: skip
             print()
             for conc, rows in got.items():
                 med = [statistics.median(r[i] for r in rows) for i in range(3)]

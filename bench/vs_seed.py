@@ -57,10 +57,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         paths = make_images(tmp / "images", args.items, size=(640, 480))
-        proc, url = sim(tmp, 64, 0.25)
+        proc, url = sim(tmp)
         try:
             seed = seed_rate(url, paths[: args.seed_items])
-            wall, summary = run(url, tmp / "images", tmp / "out", "auto")
+            wall, summary, _ = run([url], tmp / "images", tmp / "out", "--concurrency", "auto")
         finally:
             proc.terminate()
             proc.wait()
