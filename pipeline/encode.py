@@ -10,7 +10,7 @@ A JPEG that already is what that would produce -- RGB, upright (no EXIF rotation
 sent as it is (``[image] passthrough``, on by default): a second lossy generation would only
 cost CPU (~9 ms for 896x672) and quality. A cut-off file has no end marker and takes the full
 decode, which rejects it. Not caught without decoding: damaged Huffman tables inside an
-otherwise complete file; the server refuses those and the row is an ``error`` with its message.
+otherwise complete file; the server refuses those and the row is ``failed`` with its message.
 
 Pure CPU work: the runner calls it in a worker thread, never on the event loop.
 """
