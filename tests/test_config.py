@@ -261,6 +261,18 @@ class TestOverrides:
         [prompt] = job.prompts
         assert (prompt.name, prompt.text, prompt.file) == ("prompt", "Caption $stem", None)
 
+    def test_prompt_file_wins_over_prompt_text(self, project: Path) -> None:
+        """Given both, --prompt-file is used and --prompt is ignored (as it always was)."""
+        other = project / "prompts" / "tags.txt"
+        job = load_job(write_job(project), Overrides(prompt="ignored", prompt_file=str(other)))
+        [prompt] = job.prompts
+        assert (prompt.name, prompt.file) == ("tags", other.resolve())
+
+    def test_empty_extra_flag_changes_nothing(self, project: Path) -> None:
+        """--extra '{}' leaves every prompt's extra as the job file has it."""
+        path = write_job(project, prompt=f"{DEFAULT_PROMPT}\nextra = {{ seed = 1 }}")
+        assert load_job(path, Overrides(extra={})).prompts[0].extra == {"seed": 1}
+
     def test_no_job_file_only_flags(self, project: Path) -> None:
         """Without a job file, flags alone make a complete job with defaults elsewhere."""
         job = load_job(
@@ -291,6 +303,43 @@ class TestOverrides:
             ),
         )
         assert [(p.name, p.text) for p in job.prompts] == [("describe", "Describe $filename.")]
+
+
+# the names users' scripts and the benches construct Overrides with (its fields until now)
+OVERRIDE_NAMES = (
+    "endpoint", "model", "api_key_env", "timeout", "input", "output", "prompt_file", "prompt",
+    "system", "max_tokens", "temperature", "top_p", "concurrency", "max_concurrency", "max_side",
+    "retries", "flush_interval", "no_progress", "connect_timeout", "patterns", "jpeg_quality",
+    "backoff_initial", "backoff_max", "retry_after_max", "extra", "max_outage", "grace_period",
+    "api_key_file", "insecure", "max_pixels", "retry_invalid", "stream", "reencode",
+)  # fmt: skip
+
+
+class TestOverridesObject:
+    @pytest.mark.parametrize("name", OVERRIDE_NAMES)
+    def test_every_flag_name_is_accepted(self, name: str) -> None:
+        """Overrides takes each flag by its field name, and reads it back."""
+        assert getattr(Overrides(**{name: "x"}), name) == "x"
+
+    def test_absent_flags_read_as_not_given(self) -> None:
+        """A flag not given reads as None, a switch not given as False."""
+        ov = Overrides()
+        assert (ov.max_tokens, ov.endpoint) == (None, None)
+        assert (ov.no_progress, ov.reencode) == (False, False)
+        assert Overrides(no_progress=False) == Overrides(max_tokens=None) == ov
+
+    def test_unknown_name_is_a_type_error(self) -> None:
+        """A misspelt name fails at once, like a dataclass keyword would."""
+        with pytest.raises(TypeError, match="max_token"):
+            Overrides(max_token=5)
+
+    def test_immutable_and_compared_by_value(self) -> None:
+        """Overrides cannot be changed after construction and compares by the flags given."""
+        ov = Overrides(max_tokens=16)
+        with pytest.raises(AttributeError):
+            ov.max_tokens = 32
+        assert ov == Overrides(max_tokens=16) != Overrides(max_tokens=17)
+        assert "max_tokens=16" in repr(ov)
 
 
 class TestUnknownKeys:
