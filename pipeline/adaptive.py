@@ -1,85 +1,217 @@
-"""``--concurrency auto``: find and hold the server's sweet spot. Pure logic, no IO.
+"""``--concurrency auto``: find and hold the server's sweet spot, and say why. Pure logic, no IO:
+the steering loop (``steer.py``) feeds it evidence with the time it was gathered.
 
-vLLM never answers 429: past its batch it queues requests without limit, and past its KV cache
-it preempts and recomputes. So the pool itself must not overload it, yet must keep it busy.
+The aim: every request the server could be running is running, and only a small queue waits
+(a request waiting at vLLM holds no KV cache; it is there to take a slot the moment one
+frees). vLLM never answers 429 by itself: past its capacity it queues without limit, and past
+its KV cache it preempts and recomputes. So the pool must not flood it, yet keep it busy.
 
-- With vLLM's ``/metrics`` (``num_requests_waiting``, ``kv_cache_usage_perc``): keep a small
-  positive waiting queue, 1 to max(4, the running batch) requests (every batch slot filled,
-  nothing idle between steps, even when a whole batch ends at once; waiting requests hold no
-  KV cache). Slow start:
-  double while nothing has ever waited and our limit is in use (an idle slot is lost GPU time;
-  overshooting only queues a few requests, which the next steps drain), then grow by ~10%.
-  When the queue grows past its band, drop just the excess (at most 20% a step), so the limit
-  never sinks below the batch the server is running; shrink by 20% when the KV cache nears
-  full.
-- Without metrics: latency feedback (AIMD). Latency sits at the service time while the server
-  has room and rises once requests queue; double (then ~10%) while the recent latency is within
-  1.5x of the best seen, shrink by 20% past 2x.
+Regimes, read from the server's ``/metrics`` (``metrics.py``):
+
+- **room**: nothing waits. Grow (double until the server first queues — the slow start —
+  then ~10% a step) while our limit is in use.
+- **batch-bound** (requests wait, KV cache not full: the running batch is at
+  ``--max-num-seqs``) and **kv-bound** (requests wait with the KV cache ~0.9-1.0 full,
+  fewer running than ``--max-num-seqs``: the normal state of a busy GPU server): keep the
+  queue between 1 and one running batch (max(4, running)); past that, drop just the excess
+  down to half a batch, so the limit never sinks below what the server runs. A full KV
+  cache is not a reason to back off.
+- **overloaded**: ``vllm:num_preemptions_total`` rose by more than one for every four of our
+  requests that finished meanwhile (judged over at least two batches) — the server admits more than its KV cache holds and is
+  recomputing. (vLLM admits by the cache's current use and preempts the newest request when
+  the running ones outgrow it, so a few preemptions are part of a full cache's normal life.)
+  Cut to 90% of the running batch; grow back by one request a step only after a few quiet
+  samples.
+- **throttled**: a gateway in front of the model answered 429. Cut by 10% at most once per
+  change; grow back by one request a step once a second has passed without one.
+- **no metrics** (none served, or none answered lately): steer by latency (AIMD): grow
+  while the recent median latency is within 1.5x of the best seen, cut 20% past 2x.
+
+Every signal carries the time its evidence was gathered. After a change, evidence counts
+only once our requests in flight have met the new limit (more sent, or the excess drained)
+and was gathered after that: a slow ``/metrics`` answer, or one fetched before the change
+took effect, is never acted on twice.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
 from .metrics import ServerLoad
 
-KV_HIGH = 0.92
+KV_FULL = 0.9  # KV-cache use from which a server with a queue is called kv-bound
+PREEMPT_SHARE = 0.25  # preemptions per finished request that mean overload
+QUIET_SAMPLES = 4  # fresh samples without overload before growing again
+CAREFUL_SAMPLES = 40  # ... and before growing by 10% a step again (with 10 s without a 429)
+THROTTLE_QUIET_S = 1.0  # seconds without a 429 before growing again
+SETTLE_MIN_S = 1.0  # a change counts as settled after at most max(this, 2 x latency)
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One decision: the limit before and after, the regime seen, and why."""
+
+    old: int
+    new: int
+    regime: str
+    why: str
+    seen: str = ""  # the evidence, e.g. "running 6, waiting 58, KV 0.92"
+
+    @property
+    def kind(self) -> str:
+        return "hold" if self.new == self.old else "raise" if self.new > self.old else "cut"
+
+    def __str__(self) -> str:
+        seen = f" [{self.seen}]" if self.seen else ""
+        return f"concurrency {self.old} -> {self.new}: {self.regime}{seen}: {self.why}"
+
+
+def describe(load: ServerLoad) -> str:
+    kv = "" if load.kv_cache is None else f", KV {load.kv_cache:.2f}"
+    return f"running {load.running:g}, waiting {load.waiting:g}{kv}"
 
 
 @dataclass(slots=True)
 class AutoConcurrency:
     minimum: int = 1
     maximum: int = 256
-    limit: int = 32
+    limit: int = 64
     saw_queue: bool = False  # once the server has queued, growth turns gentle
-    _latencies: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    regime: str = "starting"
+    changed_at: float = -math.inf
+    settled_at: float = -math.inf
+    _raised: bool = False
+    _preemptions: float | None = None
+    _finished: int = 0  # our answers since the last /metrics sample
+    _window: tuple[float, int] = (0.0, 0)  # preemptions and our answers, since the last verdict
+    _quiet: int = QUIET_SAMPLES  # fresh samples since the last preemption
+    _throttled_at: float = -math.inf
+    _careful: bool = False  # after an overload or a 429: grow by one request a step
+    _latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=256))
     _best: float | None = None
 
-    def observe_latency(self, seconds: float) -> None:
-        self._latencies.append(seconds)
+    # -- evidence --------------------------------------------------------------------------
+    def observe_latency(self, started: float, seconds: float) -> None:
+        """A successful request that started at ``started`` took ``seconds``."""
+        self._latencies.append((started, seconds))
+        self._finished += 1
 
-    def _bounded(self, value: float) -> int:
-        return max(self.minimum, min(self.maximum, int(value)))
+    def typical_latency(self) -> float | None:
+        if not self._latencies:
+            return None
+        return statistics.median(s for _, s in self._latencies)
 
-    def _grow(self) -> int:
-        step = self.limit * (0.1 if self.saw_queue else 1.0)
-        return self._bounded(self.limit + max(1.0, step))
+    def settle(self, in_flight: int, now: float) -> None:
+        """Mark the last change as taken effect once in-flight requests have met the new limit
+        (or after max(1 s, 2 x the typical latency): a feed that cannot fill it, a hang)."""
+        if self.settled_at >= self.changed_at:
+            return
+        met = in_flight >= 0.9 * self.limit if self._raised else in_flight <= self.limit
+        timeout = max(SETTLE_MIN_S, 2.0 * (self.typical_latency() or 0.0))
+        if met or now - self.changed_at >= timeout:
+            self.settled_at = now
 
-    def update(self, load: ServerLoad | None, in_flight: int) -> int:
-        """One control step; returns the new limit."""
-        busy = in_flight >= 0.9 * self.limit  # growing an unused limit proves nothing
-        if load is not None:
-            # Waiting requests hold no KV cache and cost only queueing time. The queue must
-            # refill slots the moment they free up, before our next request arrives, and when
-            # a whole batch finishes at once (answers of equal length) that takes up to a batch
-            # (bench/saturation.py, 64 slots, fixed limits: 64 -> 0.950 of ideal, 96 -> 0.966,
-            # 128 -> 0.971; auto with a band of 12.5% of the batch 0.956, of 50% 0.958).
-            band = max(4.0, float(load.running))
-            if load.kv_cache >= KV_HIGH:
-                self.saw_queue = True
-                self.limit = self._bounded(self.limit * 0.8)
-            elif load.waiting > band:
-                # Every batch slot is taken (else nothing would wait): drop the excess queue
-                # down to half the band, by at most 20% a step. A blind 20% cut would fall
-                # below the batch size and leave slots idle until growth catches up.
-                self.saw_queue = True
-                excess = load.waiting - band / 2
-                self.limit = self._bounded(max(self.limit * 0.8, self.limit - excess))
-            elif load.waiting >= 1:
-                self.saw_queue = True  # in the band: hold
-            elif busy:
-                self.limit = self._grow()
-            return self.limit
-        if len(self._latencies) < 8:
-            return self.limit
-        recent = statistics.median(self._latencies)
-        self._best = recent if self._best is None else min(self._best, recent)
-        if recent > 2.0 * self._best:
+    def fresh(self, gathered_at: float) -> bool:
+        """Whether evidence gathered at ``gathered_at`` reflects the current limit."""
+        return self.settled_at >= self.changed_at and gathered_at >= self.settled_at
+
+    # -- decisions -------------------------------------------------------------------------
+    def on_load(self, load: ServerLoad, in_flight: int, gathered_at: float, now: float) -> Move:
+        """One control step on a fresh /metrics sample (the caller checks ``fresh``)."""
+        seen = describe(load)
+        running, waiting = load.running, load.waiting
+        overload = self._overload(load, running)
+        if overload is not None:
+            seen += f", {overload[0]:g} preempted / {overload[1]} finished"
+            self._quiet = 0
+            self._careful = True
+            target = 0.9 * min(self.limit, max(1.0, running))
+            why = "frequent preemptions: the server takes in more than its KV cache holds"
+            return self._move(target, "overloaded", why, seen, now)
+        self._quiet += 1
+        if waiting > 0:
             self.saw_queue = True
-            self.limit = self._bounded(self.limit * 0.8)
-            self._latencies.clear()
-        elif recent <= 1.5 * self._best and busy:
-            self.limit = self._grow()
-        return self.limit
+            full = load.kv_cache is not None and load.kv_cache >= KV_FULL
+            regime = "kv-bound" if full else "batch-bound"
+            band = max(4.0, running)
+            if waiting > band:
+                excess = waiting - band / 2
+                why = f"queue deeper than a batch ({band:g}): dropping the excess"
+                target = max(self.limit * 0.25, self.limit - excess)
+                return self._move(target, regime, why, seen, now)
+            return self._move(self.limit, regime, f"queue within 1-{band:g}: holding", seen, now)
+        return self._maybe_grow(in_flight, "room", "nothing waits", seen, now)
+
+    def on_latency(self, in_flight: int, now: float) -> Move | None:
+        """One control step by latency (no metrics): None until enough requests that started
+        after the last change have answered."""
+        recent = [s for started, s in self._latencies if started >= self.settled_at]
+        if self.settled_at < self.changed_at or len(recent) < 8:
+            return None
+        self._quiet += 1
+        median = statistics.median(recent)
+        self._best = median if self._best is None else min(self._best, median)
+        seen = f"median latency {median:.3g}s, best {self._best:.3g}s"
+        if median > 2.0 * self._best:
+            self.saw_queue = True
+            return self._move(self.limit * 0.8, "queueing", "latency past 2x its best", seen, now)
+        if median > 1.5 * self._best:
+            return self._move(self.limit, "queueing", "latency 1.5-2x its best: holding", seen, now)
+        return self._maybe_grow(in_flight, "room", "latency near its best", seen, now)
+
+    def on_throttle(self, sent_at: float, now: float) -> Move | None:
+        """A request sent at ``sent_at`` got 429: cut once per change."""
+        self._throttled_at = now
+        self._careful = True
+        if not self.fresh(sent_at):
+            return None
+        return self._move(
+            self.limit * 0.9, "throttled", "429 from the server or a gateway", "", now
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _overload(self, load: ServerLoad, running: float) -> tuple[float, int] | None:
+        """(preemptions, our answers) when the server preempts too often, judged over at least
+        max(20, two batches) answers: a few preemptions in a short window are noise."""
+        finished, self._finished = self._finished, 0
+        if load.preemptions is None:
+            return None
+        preempted = 0.0
+        if self._preemptions is not None:
+            preempted = max(0.0, load.preemptions - self._preemptions)
+        self._preemptions = load.preemptions
+        window = (self._window[0] + preempted, self._window[1] + finished)
+        enough = max(20.0, 2.0 * running)
+        if window[1] < enough and window[0] <= PREEMPT_SHARE * enough:
+            self._window = window  # too few answers yet to judge, and not plainly thrashing
+            return None
+        self._window = (0.0, 0)
+        return window if window[0] > PREEMPT_SHARE * max(1, window[1]) else None
+
+    def _maybe_grow(self, in_flight: int, regime: str, why: str, seen: str, now: float) -> Move:
+        if in_flight < 0.9 * self.limit:
+            return self._move(self.limit, regime, f"{why}; limit not in use: holding", seen, now)
+        if self._quiet < QUIET_SAMPLES or now - self._throttled_at < THROTTLE_QUIET_S:
+            return self._move(self.limit, regime, f"{why}; recovering: holding", seen, now)
+        if self._careful and self._quiet >= CAREFUL_SAMPLES and now - self._throttled_at > 10:
+            self._careful = False  # long enough without trouble: back to proportional growth
+        if self._careful:
+            return self._move(self.limit + 1, regime, f"{why}: one more", seen, now)
+        if not self.saw_queue:
+            return self._move(self.limit * 2, regime, f"{why}: doubling (slow start)", seen, now)
+        return self._move(
+            self.limit + max(1.0, self.limit * 0.1), regime, f"{why}: +10%", seen, now
+        )
+
+    def _move(self, target: float, regime: str, why: str, seen: str, now: float) -> Move:
+        new = max(self.minimum, min(self.maximum, int(target)))
+        move = Move(self.limit, new, regime, why, seen)
+        self.regime = regime
+        if new != self.limit:
+            self._raised = new > self.limit
+            self.limit = new
+            self.changed_at = now
+        return move

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tqdm import tqdm
 
+    from .steer import SteerReport
+
 from .schema import STATUS_FAILED, STATUS_INVALID, STATUS_OK
 
 log = logging.getLogger("pipeline")
@@ -45,6 +47,7 @@ class Tally:
     concurrency: int = 0  # requests allowed in flight now
     concurrency_max: int = 0
     concurrency_bounds: str = ""  # "auto 1-256" when the pool steers itself, else ""
+    steer: SteerReport | None = None  # what auto saw and did
 
     @property
     def expected(self) -> int | None:
@@ -107,6 +110,7 @@ def format_summary(t: Tally, wall_s: float, output: str) -> str:
         + _concurrency_note(t),
         f"  latency    {lat} ({t.requests} requests sent)"
         + (f"; {t.outages} server outage(s) waited out" if t.outages else ""),
+        *([f"  auto       {t.steer.line()}"] if t.steer is not None else []),
         f"  tokens     {t.prompt_tokens:,} prompt + {t.completion_tokens:,} completion"
         + (f"; {t.truncated} answers cut at max_tokens" if t.truncated else ""),
         f"  output     {output}",

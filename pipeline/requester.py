@@ -2,22 +2,28 @@
 
 Retryable failures are retried with backoff up to the policy's attempts. Failures that look
 like a server outage open the shared circuit breaker; while it is open the item waits and the
-failed attempt is not counted. A finished row is handed on even if the run is being stopped
-(the send is shielded), so an answer that arrived is never thrown away.
+failed attempt is not counted. A 429 (a rate limit, usually a gateway in front of the model)
+is not counted either: the item waits out ``Retry-After`` (else a backoff), ``auto`` lowers
+the pool's limit, and only a server that has answered nothing but 429 for ``max_outage``
+seconds stops the run. Each attempt holds a slot of the pool (the concurrency limiter);
+waits between attempts leave it to other items. A finished row is handed on even if the run
+is being stopped (the send is shielded), so an answer that arrived is never thrown away.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import anyio
 from anyio.abc import ObjectReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .adaptive import AutoConcurrency
 from .breaker import Breaker, wait_any
 from .client import ChatClient, Completion
 from .errors import PermanentError, RetryableError
@@ -25,6 +31,7 @@ from .items import RequestItem, Row, RowMaker
 from .payload import build_body, encode_body
 from .retry import RetryPolicy, compute_backoff
 from .schema import STATUS_FAILED, STATUS_OK, utc_now
+from .steer import Steering
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,7 @@ class Route:
     url: str
     client: ChatClient
     breaker: Breaker
+    throttled_since: float | None = None  # first 429 since its last answer
 
 
 class Requester:
@@ -48,14 +56,18 @@ class Requester:
         make_row: RowMaker,
         model: str,
         limiter: anyio.CapacityLimiter,
-        auto: AutoConcurrency | None = None,
+        steering: Steering | None = None,
+        on_throttled: Callable[[float], None] = lambda _s: None,
+        max_throttled_s: float = math.inf,
     ) -> None:
         self.routes = routes
         self.limiter = limiter  # requests in flight; its size is the current concurrency
-        self.auto = auto
+        self.steering = steering
         self.policy = policy
         self.make_row = make_row
         self.model = model
+        self.on_throttled = on_throttled  # every answer has been 429 for that many seconds
+        self.max_throttled_s = max_throttled_s
         self.stopping = False
         self.other_models: set[str] = set()
         # Identical requests in this run: the first is sent, the others wait for its answer.
@@ -70,8 +82,7 @@ class Requester:
             async for item in rx:
                 if self.stopping:
                     break
-                async with self.limiter:
-                    row = await self.caption(item)
+                row = await self.caption(item)
                 try:
                     rows.send_nowait(row)  # the usual case: room in the buffer
                 except anyio.WouldBlock:
@@ -128,57 +139,94 @@ class Requester:
         )  # fmt: skip
 
     async def _caption(self, item: RequestItem) -> Row:
-        queue_wait = time.perf_counter() - item.ready_at
-        started = utc_now()
+        """Send ``item`` until it has an answer or has used its attempts. Each attempt holds a
+        slot of the pool; waits between attempts do not."""
         body = build_body(self.model, item.prompt, item.text, item.image.data_uri)
         content = encode_body(body, stream=self.routes[0].client.stream)  # once, for every attempt
         common: dict[str, object] = {
-            "queue_wait_s": queue_wait,
             "encode_s": item.encode_s,
             "width": item.image.width,
             "height": item.image.height,
-            "concurrency": int(self.limiter.total_tokens),
         }
+        started = utc_now()
         attempt = 0  # attempts that count against the retry budget
         sent = 0  # requests actually sent (the ``attempts`` column)
+        throttles = 0  # 429 answers: waited out, never counted against the item
         while True:
-            route = await self.route()
-            attempt += 1
-            sent += 1
-            common["endpoint"] = route.url
-            t0 = time.perf_counter()
-            try:
-                c = await route.client.send(content)
-            except RetryableError as exc:
-                latency = time.perf_counter() - t0
-                if exc.outage and route.breaker.failure(certain=exc.certain):
-                    attempt -= 1  # the server is away: not this item's fault; go elsewhere/wait
-                    continue
-                if attempt >= self.policy.attempts:
+            async with self.limiter:
+                if sent == 0:
+                    started = utc_now()
+                    common["queue_wait_s"] = time.perf_counter() - item.ready_at
+                    common["concurrency"] = int(self.limiter.total_tokens)
+                route = await self.route()
+                attempt += 1
+                sent += 1
+                common["endpoint"] = route.url
+                sent_at = time.monotonic()
+                t0 = time.perf_counter()
+                try:
+                    c = await route.client.send(content)
+                except PermanentError as exc:
                     return self.make_row(
                         item.key, item.relpath, item.sha256, item.prompt, STATUS_FAILED, started,
-                        utc_now(), error=f"{exc} (gave up after {attempt} attempts)",
-                        http_status=exc.status, attempts=sent, latency_s=latency, **common,
+                        utc_now(), error=str(exc), http_status=exc.status, attempts=sent,
+                        latency_s=time.perf_counter() - t0, **common,
                     )  # fmt: skip
-                delay = compute_backoff(self.policy, attempt, exc.retry_after)
-                log.debug("retrying %s in %.2fs after: %s", item.relpath, delay, exc)
-                await anyio.sleep(delay)
+                except RetryableError as exc:
+                    error, latency = exc, time.perf_counter() - t0
+                else:
+                    return self._ok(item, c, route, started, sent, sent_at, t0, common)
+            # Outside the pool: waiting for the next attempt leaves the slot to other items.
+            if error.status == 429:
+                attempt -= 1  # a rate limit says "later", not "this item is bad"
+                throttles += 1
+                self._throttled(route, sent_at)
+                delay = compute_backoff(self.policy, throttles, error.retry_after)
+            elif error.outage and route.breaker.failure(certain=error.certain):
+                attempt -= 1  # the server is away: not this item's fault; go elsewhere/wait
                 continue
-            except PermanentError as exc:
+            elif attempt >= self.policy.attempts:
                 return self.make_row(
                     item.key, item.relpath, item.sha256, item.prompt, STATUS_FAILED, started,
-                    utc_now(), error=str(exc), http_status=exc.status, attempts=sent,
-                    latency_s=time.perf_counter() - t0, **common,
+                    utc_now(), error=f"{error} (gave up after {attempt} attempts)",
+                    http_status=error.status, attempts=sent, latency_s=latency, **common,
                 )  # fmt: skip
-            route.breaker.success()
-            if self.auto is not None:
-                self.auto.observe_latency(time.perf_counter() - t0)
-            self._remember(item, c, route.url)
-            if c.model and c.model != self.model and c.model not in self.other_models:
-                self.other_models.add(c.model)
-                log.warning("the server answered as model %r, not %r", c.model, self.model)
-            return self.make_row(
-                item.key, item.relpath, item.sha256, item.prompt, STATUS_OK, started, utc_now(),
-                attempts=sent, latency_s=time.perf_counter() - t0, ttft_s=c.ttft_s,
-                **self._answer(c), **common,
-            )  # fmt: skip
+            else:
+                delay = compute_backoff(self.policy, attempt, error.retry_after)
+            log.debug("retrying %s in %.2fs after: %s", item.relpath, delay, error)
+            await anyio.sleep(delay)
+
+    def _throttled(self, route: Route, sent_at: float) -> None:
+        """A 429: tell auto, and stop the run if the server has given nothing else too long."""
+        if self.steering is not None:
+            self.steering.throttled(sent_at)
+        now = time.monotonic()
+        if route.throttled_since is None:
+            route.throttled_since = now
+        elif now - route.throttled_since > self.max_throttled_s:
+            self.on_throttled(now - route.throttled_since)
+
+    def _ok(
+        self,
+        item: RequestItem,
+        c: Completion,
+        route: Route,
+        started: datetime,
+        sent: int,
+        sent_at: float,
+        t0: float,
+        common: dict[str, object],
+    ) -> Row:
+        latency = time.perf_counter() - t0
+        route.breaker.success()
+        route.throttled_since = None
+        if self.steering is not None:
+            self.steering.observe_latency(sent_at, latency)
+        self._remember(item, c, route.url)
+        if c.model and c.model != self.model and c.model not in self.other_models:
+            self.other_models.add(c.model)
+            log.warning("the server answered as model %r, not %r", c.model, self.model)
+        return self.make_row(
+            item.key, item.relpath, item.sha256, item.prompt, STATUS_OK, started, utc_now(),
+            attempts=sent, latency_s=latency, ttft_s=c.ttft_s, **self._answer(c), **common,
+        )  # fmt: skip

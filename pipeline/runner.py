@@ -27,7 +27,7 @@ import pyarrow as pa
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .adaptive import AutoConcurrency
-from .breaker import Breaker, health_url, http_probe, metrics_url
+from .breaker import Breaker, health_url, http_probe
 from .client import ChatClient, auth_headers, tls_for
 from .collector import Collector
 from .config import Job
@@ -36,20 +36,18 @@ from .feed import Feed
 from .items import RequestItem, Row, RowMaker
 from .journal import Journal
 from .journal import recover as recover_journal
-from .metrics import ServerLoad, combine, server_load
 from .progress import Reporter, Tally
 from .requester import Requester, Route
 from .retry import RetryPolicy
 from .schema import schema_with_job
 from .sink import PartWriter, compact, recover_compaction, remove_stale_temps
 from .state import HashCache, OutputLock, load_done_keys, open_hash_cache
+from .steer import Steering
 from .walker import ImageFile
 
 log = logging.getLogger(__name__)
 
 AUTO_START = 64  # first concurrency of "auto"; it doubles per step while the server has room
-STEER_S = 0.25  # seconds between control steps of "auto"...
-STEER_START_S = 0.1  # ...and during its slow start, so an idle GPU is found within 0.1 s
 
 
 @dataclass(slots=True)
@@ -141,11 +139,10 @@ class Runner:
     async def _pipeline(self, cache: HashCache, done: set[str], collector: Collector) -> None:
         fixed = self.job.run.concurrency
         n = fixed or self.job.run.max_concurrency  # workers; the limiter sets how many send
-        auto = None if fixed else AutoConcurrency(maximum=n, limit=min(AUTO_START, n))
-        limiter = anyio.CapacityLimiter(auto.limit if auto else n)
+        limiter = anyio.CapacityLimiter(n if fixed else min(AUTO_START, n))
         self.tally.concurrency = int(limiter.total_tokens)
-        if auto is not None:
-            self.tally.concurrency_bounds = f"auto {auto.minimum}-{auto.maximum}"
+        if not fixed:
+            self.tally.concurrency_bounds = f"auto 1-{n}"
         files_tx, files_rx = anyio.create_memory_object_stream[ImageFile](256)
         items_tx, items_rx = anyio.create_memory_object_stream[RequestItem](min(n, 32))
         rows_tx, rows_rx = anyio.create_memory_object_stream[Row](2 * n + 16)
@@ -182,7 +179,21 @@ class Runner:
             for url in urls
         ]
         self._routes = routes
-        requester = Requester(routes, self.policy, make_row, self.job.endpoint.model, limiter, auto)
+        steering = None
+        if not fixed:
+            steering = Steering(
+                AutoConcurrency(maximum=n, limit=int(limiter.total_tokens)),
+                limiter,
+                probe_client,
+                lambda: [r.url for r in routes if not r.breaker.is_open],
+                self.job.endpoint.model,
+                self._on_limit,
+            )
+            self.tally.steer = steering.report
+        requester = Requester(
+            routes, self.policy, make_row, self.job.endpoint.model, limiter, steering,
+            self._throttle_give_up, self.job.run.max_outage,
+        )  # fmt: skip
         self._requester = requester
         self._feed_scope = anyio.CancelScope()
         self._work_scope = anyio.CancelScope()
@@ -192,8 +203,8 @@ class Runner:
                 async with anyio.create_task_group() as aux:
                     for route in routes:
                         aux.start_soon(route.breaker.run)
-                    if auto is not None:
-                        aux.start_soon(self._steer, auto, limiter, probe_client)
+                    if steering is not None:
+                        aux.start_soon(steering.run)
                     if self.handle_signals:
                         aux.start_soon(self._watch_signals)
                     with self._work_scope:
@@ -211,46 +222,6 @@ class Runner:
             for route in routes:
                 await route.client.aclose()
             await probe_client.aclose()
-
-    async def _steer(
-        self, auto: AutoConcurrency, limiter: anyio.CapacityLimiter, client: httpx.AsyncClient
-    ) -> None:
-        """Every STEER_S seconds (STEER_START_S until the server first queues): read vLLM's
-        /metrics (if it has them) and resize the pool."""
-        urls = [metrics_url(u) for u in self.job.endpoint.urls]
-        use_metrics = True
-        while True:
-            await anyio.sleep(STEER_S if auto.saw_queue else STEER_START_S)
-            load = None
-            if use_metrics:
-                load = await self._server_load(client, urls)
-                if load is None and not self.tally.ok:
-                    continue  # nothing known yet
-                if load is None:
-                    use_metrics = False
-                    log.info("no vLLM /metrics at %s: steering concurrency by latency", urls[0])
-            limit = auto.update(load, int(limiter.borrowed_tokens))
-            if limit != limiter.total_tokens:
-                limiter.total_tokens = limit
-                log.debug("concurrency -> %d (server load %s)", limit, load)
-            self.tally.concurrency = limit
-            self.tally.concurrency_max = max(self.tally.concurrency_max, limit)
-
-    async def _server_load(self, client: httpx.AsyncClient, urls: list[str]) -> ServerLoad | None:
-        """vLLM's gauges summed over the endpoints (fullest KV cache); None if one lacks them."""
-        loads = []
-        for url in urls:
-            try:
-                response = await client.get(url)
-            except httpx.HTTPError:
-                return None
-            if response.status_code != 200:
-                return None
-            load = server_load(response.text, self.job.endpoint.model)
-            if load is None:
-                return None
-            loads.append(load)
-        return combine(loads)
 
     async def _feed(
         self,
@@ -285,6 +256,16 @@ class Runner:
             self._work_scope.cancel()
         else:
             self._work_scope.deadline = min(self._work_scope.deadline, anyio.current_time() + grace)
+
+    def _on_limit(self, limit: int) -> None:
+        self.tally.concurrency = limit
+        self.tally.concurrency_max = max(self.tally.concurrency_max, limit)
+
+    def _throttle_give_up(self, throttled_s: float) -> None:
+        """Every answer has been 429 for max_outage seconds: try later."""
+        self.stop(
+            f"the server answered only 429 for {throttled_s:.0f}s (max_outage)", EXIT_TEMPFAIL, 0
+        )
 
     def _outage_give_up(self, down_s: float) -> None:
         """One breaker has been open past max_outage: stop if no endpoint is left."""

@@ -1,7 +1,10 @@
-"""--concurrency auto: the controller's table of reactions, and an end-to-end run."""
+"""--concurrency auto: the controller's reactions in each regime, and end-to-end runs."""
 
 from __future__ import annotations
 
+import itertools
+import logging
+import re
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -14,66 +17,240 @@ from pipeline.metrics import ServerLoad
 from pipeline.sim import SimConfig, SimServer
 
 
+def settled(limit: int = 16, **kw: object) -> AutoConcurrency:
+    """A controller whose last change has taken effect (at time 0)."""
+    auto = AutoConcurrency(limit=limit, **kw)  # type: ignore[arg-type]
+    auto.settled_at = 0.0
+    return auto
+
+
 @pytest.mark.parametrize(
-    ("load", "in_flight", "saw_queue", "expected"),
+    ("load", "in_flight", "saw_queue", "expected", "regime"),
     [
-        (ServerLoad(16, 0, 0.1), 16, False, 32),  # room and busy, no queue yet: double
-        (ServerLoad(16, 0, 0.1), 16, True, 17),  # after a queue was seen: ~10%
-        (ServerLoad(16, 0, 0.1), 4, False, 16),  # limit not in use: hold
-        (ServerLoad(16, 2, 0.1), 16, False, 16),  # small positive queue: hold
-        (ServerLoad(16, 30, 0.1), 16, False, 12),  # queue 30, band 16: drop 30 - 8, capped at 20%
-        (ServerLoad(16, 18, 0.1), 16, False, 12),  # queue 18, band 16: drop 18 - 8 = 10 (> 20%)
-        (ServerLoad(4, 5, 0.1), 16, False, 13),  # queue 5, band 4 (the floor): drop just 5 - 2
-        (ServerLoad(16, 0, 0.95), 16, False, 12),  # KV cache nearly full: shrink
+        (ServerLoad(16, 0, 0.1), 16, False, 32, "room"),  # busy, no queue yet: double
+        (ServerLoad(16, 0, 0.1), 16, True, 17, "room"),  # after a queue was seen: ~10%
+        (ServerLoad(10, 0, 0.1), 10, False, 16, "room"),  # limit not in use: hold
+        (ServerLoad(14, 2, 0.1), 16, False, 16, "batch-bound"),  # small queue: hold
+        (ServerLoad(14, 2, 0.97), 16, False, 16, "kv-bound"),  # full KV + queue: hold, no cut
+        (ServerLoad(6, 10, 0.92), 16, True, 9, "kv-bound"),  # queue 10 > band 6: drop 10 - 3
+        (ServerLoad(4, 12, 0.5), 16, True, 6, "batch-bound"),  # band floor 4: drop 12 - 2
+        (ServerLoad(1, 40, 0.5), 16, True, 4, "batch-bound"),  # at most 75% a step
+        (ServerLoad(16, 0, 0.97), 16, True, 17, "room"),  # a full cache alone is no reason
     ],
 )
 def test_metrics_mode_reactions(
-    load: ServerLoad, in_flight: int, saw_queue: bool, expected: int
+    load: ServerLoad, in_flight: int, saw_queue: bool, expected: int, regime: str
 ) -> None:
-    """With vLLM's gauges the limit grows, holds or shrinks as documented."""
-    auto = AutoConcurrency(limit=16, saw_queue=saw_queue)
-    assert auto.update(load, in_flight) == expected
+    """With the server's gauges the limit grows, holds or shrinks as documented."""
+    auto = settled(saw_queue=saw_queue)
+    move = auto.on_load(load, in_flight, 1.0, 1.0)
+    assert (move.new, move.regime) == (expected, regime)
+    assert auto.limit == expected
 
 
-def test_queue_excess_cut_keeps_the_batch_full() -> None:
-    """64 running, 70 waiting (band 64): drop the excess 70 - 32 -> 162, not 200 x 0.8 = 160."""
-    auto = AutoConcurrency(limit=200, saw_queue=True)
-    assert auto.update(ServerLoad(64, 70, 0.1), 200) == 162
-    assert auto.update(ServerLoad(64, 60, 0.1), 162) == 162  # in the band: hold
+def test_queue_cut_never_sinks_below_the_running_batch() -> None:
+    """Whatever the queue, a cut on one fresh sample keeps every running request a slot."""
+    for limit, running in itertools.product((8, 16, 64, 200), (1, 6, 32, 64, 128)):
+        for waiting in range(1, 3 * limit):
+            if running + waiting > limit:  # our own requests: limit >= running + waiting
+                continue
+            auto = settled(limit=limit, saw_queue=True)
+            move = auto.on_load(ServerLoad(running, waiting, 0.95), limit, 1.0, 1.0)
+            assert move.new >= running, (limit, running, waiting, move)
+
+
+def test_preemptions_mean_overload_only_when_frequent() -> None:
+    """A preemption now and then is a full cache's normal life; one in four finished, judged
+    over at least two batches, is too much."""
+    auto = settled(limit=40, saw_queue=True)
+    auto.on_load(ServerLoad(30, 10, 0.98, preemptions=100), 40, 1.0, 1.0)  # the baseline
+    for t, (preempted, regime, new) in enumerate(
+        [(103, "kv-bound", 40),  # 3 of 20: too few answers to judge
+         (110, "kv-bound", 40),  # 10 of 60 over two batches: normal
+         (116, "kv-bound", 40),  # 6 of 20
+         (126, "overloaded", 27)],  # 16 of 40 over two batches: cut to 0.9 x running
+        start=2,
+    ):  # fmt: skip
+        for _ in range(20 if t != 3 else 40):
+            auto.observe_latency(float(t), 0.3)
+        move = auto.on_load(ServerLoad(30, 10, 0.98, preemptions=preempted), 40, t, t)
+        assert (move.regime, move.new) == (regime, new), (t, move)
+    assert "16 preempted / 40 finished" in move.seen and "preempt" in move.why
+
+
+def test_after_overload_growth_waits_then_goes_one_at_a_time() -> None:
+    """After an overload the limit holds for a few quiet samples, then grows by one."""
+    auto = settled(limit=20, saw_queue=True)
+    auto.on_load(ServerLoad(20, 0, 0.9, preemptions=0), 20, 1.0, 1.0)
+    auto.on_load(ServerLoad(20, 5, 1.0, preemptions=50), 20, 2.0, 2.0)  # plainly thrashing
+    assert auto.limit == 18
+    news = []
+    for t in range(3, 9):
+        auto.settled_at = float(t)
+        news.append(auto.on_load(ServerLoad(auto.limit, 0, 0.9, preemptions=50), auto.limit,
+                                 float(t), float(t)).new)  # fmt: skip
+    assert news == [18, 18, 18, 19, 20, 21]
+
+
+def test_stale_evidence_is_not_fresh_until_the_change_took_effect() -> None:
+    """After a raise, a sample counts once in-flight met the limit and it was taken after."""
+    auto = settled(limit=16)
+    auto.on_load(ServerLoad(16, 0, 0.1), 16, 1.0, 1.0)  # doubles to 32 at t=1
+    assert auto.limit == 32 and not auto.fresh(1.5)
+    auto.settle(20, 1.2)  # not yet in use
+    assert not auto.fresh(1.5)
+    auto.settle(30, 1.3)  # 30 >= 0.9 x 32: in effect
+    assert not auto.fresh(1.25)  # fetched before that
+    assert auto.fresh(1.35)
+
+
+def test_a_cut_settles_when_the_excess_has_drained() -> None:
+    """After a cut, in-flight must fall to the new limit (or time out) before evidence counts."""
+    auto = settled(limit=64, saw_queue=True)
+    auto.on_load(ServerLoad(6, 58, 0.92), 64, 1.0, 1.0)
+    assert auto.limit == 16
+    auto.settle(40, 1.5)
+    assert not auto.fresh(1.6)
+    auto.settle(16, 1.8)
+    assert auto.fresh(1.9)
+    auto = settled(limit=64, saw_queue=True)
+    auto.on_load(ServerLoad(6, 58, 0.92), 64, 1.0, 1.0)
+    auto.settle(60, 2.5)  # a hang: never drains; after max(1 s, 2 x latency) it counts anyway
+    assert auto.fresh(2.6)
+
+
+def test_throttle_cuts_once_per_change_and_pauses_growth() -> None:
+    """429: cut 10%; more 429s from requests sent before the cut settled change nothing; growth
+    waits a second without 429s, then adds one request a step."""
+    auto = settled(limit=50, saw_queue=True)
+    assert auto.on_throttle(0.5, 1.0) is not None and auto.limit == 45
+    assert auto.on_throttle(0.9, 1.01) is None and auto.limit == 45  # sent before the cut
+    auto.settle(45, 1.1)
+    grow = auto.on_load(ServerLoad(40, 0, 0.2), 45, 1.5, 1.5)
+    assert grow.new == 45 and "recovering" in grow.why  # within a second of the 429
+    assert auto.on_load(ServerLoad(40, 0, 0.2), 45, 2.5, 2.5).new == 46  # careful: one more
+
+
+def test_latency_mode() -> None:
+    """Without metrics: grow while latency is near its best, cut 20% once it doubles; only
+    requests started after the last change count."""
+    auto = settled(limit=10)
+    assert auto.on_latency(10, 1.0) is None  # nothing answered yet
+    for _ in range(8):
+        auto.observe_latency(0.5, 0.1)
+    move = auto.on_latency(10, 1.0)
+    assert move is not None and move.new == 20
+    for _ in range(8):
+        auto.observe_latency(0.9, 0.5)  # started before the change: ignored
+    assert auto.on_latency(20, 1.2) is None
+    auto.settle(20, 1.2)
+    for _ in range(8):
+        auto.observe_latency(1.3, 0.35)
+    move = auto.on_latency(20, 2.0)
+    assert move is not None and (move.new, move.regime) == (16, "queueing")
 
 
 def test_bounds_are_respected() -> None:
     """The limit never leaves [minimum, maximum]."""
-    auto = AutoConcurrency(minimum=2, maximum=20, limit=18)
-    assert auto.update(ServerLoad(18, 0, 0.0), 18) == 20
-    auto = AutoConcurrency(minimum=2, maximum=20, limit=2)
-    assert auto.update(ServerLoad(2, 50, 0.0), 2) == 2
+    auto = settled(limit=18, minimum=2, maximum=20)
+    assert auto.on_load(ServerLoad(18, 0, 0.0), 18, 1.0, 1.0).new == 20
+    auto = settled(limit=2, minimum=2, maximum=20, saw_queue=True)
+    assert auto.on_load(ServerLoad(1, 50, 0.0), 2, 1.0, 1.0).new == 2
 
 
-def test_latency_mode_backs_off_when_latency_doubles() -> None:
-    """Without metrics: grow while latency is near its best, shrink once it doubles."""
-    auto = AutoConcurrency(limit=10)
-    for _ in range(8):
-        auto.observe_latency(0.1)
-    assert auto.update(None, 10) == 20
-    for _ in range(64):
-        auto.observe_latency(0.35)
-    assert auto.update(None, 20) == 16
+def test_a_move_explains_itself() -> None:
+    """A move reads as old -> new, the regime, the evidence and the reason."""
+    auto = settled(limit=64, saw_queue=True)
+    text = str(auto.on_load(ServerLoad(6, 58, 0.92), 64, 1.0, 1.0))
+    assert text.startswith("concurrency 64 -> 16: kv-bound [running 6, waiting 58, KV 0.92]")
+    assert "dropping the excess" in text
 
 
-@pytest.mark.parametrize("metrics", [True, False], ids=["metrics", "latency"])
-def test_auto_finds_the_slots(
-    tmp_path: Path, metrics: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+# --- end to end, against the simulator ------------------------------------------------------
+
+
+def run(sim: SimServer, root: Path, out: Path, *extra: str) -> int:
+    return main(["run", "--endpoint", sim.base_url, "--input", str(root), "--output", str(out),
+                 "--prompt", "x", "--no-progress", *extra])  # fmt: skip
+
+
+@pytest.mark.parametrize("metrics", ["vllm", "none"])
+def test_auto_finds_the_slots(tmp_path: Path, metrics: str) -> None:
     """Against 96 slots, auto climbs from its start (64) to at least the slot count."""
-    if not metrics:
-        monkeypatch.setattr("pipeline.runner.metrics_url", lambda url: url + "/no-metrics-here")
     root = make_images(tmp_path / "img", 1000, size=(32, 24))[0].parent.parent
-    with SimServer(SimConfig(slots=96, latency=0.25)) as sim:
-        code = main(["run", "--endpoint", sim.base_url, "--input", str(root), "--output",
-                     str(tmp_path / "o"), "--prompt", "x", "--no-progress"])  # fmt: skip
+    with SimServer(SimConfig(slots=96, latency=0.25, metrics=metrics)) as sim:
+        code = run(sim, root, tmp_path / "o")
         peak = sim.stats()["max_running"]
     assert code == 0
     rows = ds.dataset(tmp_path / "o").to_table(columns=["concurrency"]).to_pylist()
     assert max(int(r["concurrency"]) for r in rows) >= 96
     assert peak == 96
+
+
+def test_kv_bound_server_gets_a_short_queue_and_a_full_cache(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A KV-bound server (room for ~10 requests, 256 slots): auto sees kv-bound, every move
+    keeps at least the running batch while requests wait, and the server's median queue wait
+    stays under one service time."""
+    root = make_images(tmp_path / "img", 600, size=(32, 24))[0].parent.parent
+    latency = 0.2
+    with SimServer(SimConfig(slots=256, latency=latency, kv_capacity_tokens=3000)) as sim:
+        with caplog.at_level(logging.DEBUG, logger="pipeline.steer"):
+            assert run(sim, root, tmp_path / "o") == 0
+        stats = sim.stats()
+    assert stats["max_running"] <= 11 and stats["completed"] == 600
+    assert stats["queue_wait"]["p50"] <= latency
+    summary = capsys.readouterr().out
+    assert re.search(r"auto +by vLLM /metrics; kv-bound \d+%", summary), summary
+    moves = [r.getMessage() for r in caplog.records if r.getMessage().startswith("auto: conc")]
+    assert moves
+    for text in moves:
+        m = re.search(r"-> (\d+): \S+ \[running (\d+), waiting (\d+)", text)
+        assert m is not None, text
+        new, running, waiting = map(int, m.groups())
+        assert waiting == 0 or new >= running or "preempt" in text, text
+
+
+@pytest.mark.parametrize(("dialect", "name"), [("sglang", "SGLang"), ("llamacpp", "llama.cpp")])
+def test_other_servers_metrics_steer_too(
+    tmp_path: Path, dialect: str, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SGLang's and llama.cpp's gauges are read like vLLM's."""
+    root = make_images(tmp_path / "img", 200, size=(32, 24))[0].parent.parent
+    with SimServer(SimConfig(slots=8, latency=0.1, metrics=dialect)) as sim:
+        assert run(sim, root, tmp_path / "o") == 0
+    assert f"by {name} /metrics" in capsys.readouterr().out
+
+
+def test_gateway_429s_lower_the_limit_and_cost_no_retries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Behind a rate-limiting gateway (no /metrics) every item ends ok with no retries allowed:
+    429s are waited out, not counted, and auto settles below where it started."""
+    root = make_images(tmp_path / "img", 150, size=(32, 24))[0].parent.parent
+    config = SimConfig(slots=64, latency=0.05, metrics="none", gateway_rate=60, gateway_burst=5)
+    with SimServer(config) as sim:
+        code = run(sim, root, tmp_path / "o", "--retries", "0", "--retry-after-max", "0.2")
+        throttled = sim.stats()["errors"].get("429", 0)
+    assert code == 0
+    rows = ds.dataset(tmp_path / "o").to_table().to_pylist()
+    assert len(rows) == 150 and all(r["status"] == "ok" for r in rows)
+    assert throttled > 0 and sum(r["attempts"] for r in rows) == 150 + throttled
+    out = capsys.readouterr().out
+    assert f"{throttled} answers were 429" in out
+    assert (
+        re.search(r"at concurrency (\d+)", out)
+        and int(re.findall(r"at concurrency (\d+)", out)[0]) < 64
+    )
+
+
+def test_only_429s_for_max_outage_stops_with_75(tmp_path: Path) -> None:
+    """A gateway that answers nothing but 429 for max_outage seconds: exit 75, rows kept."""
+    root = make_images(tmp_path / "img", 30, size=(32, 24))[0].parent.parent
+    config = SimConfig(slots=8, latency=0.01, metrics="none", gateway_rate=0.001, gateway_burst=1)
+    with SimServer(config) as sim:
+        code = run(sim, root, tmp_path / "o", "--max-outage", "1", "--retry-after-max", "0.1")
+    assert code == 75
+    rows = ds.dataset(tmp_path / "o").to_table().to_pylist()
+    assert [r["status"] for r in rows] == ["ok"]  # the burst's one request

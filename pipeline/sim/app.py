@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from . import routes
 from .config import FAULT_KINDS, FaultConfig, SimConfig
 from .engine import Engine
+from .gateway import TokenBucket
 from .httpserver import HttpConnection, HttpRequest
 
 Route = Callable[["SimApp", HttpRequest, HttpConnection], Awaitable[None]]
@@ -28,6 +29,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("POST", "/sim/reset"): routes.sim_reset,
     ("POST", "/sim/faults"): routes.sim_faults,
     ("POST", "/sim/down"): routes.sim_down,
+    ("POST", "/sim/capacity"): routes.sim_capacity,
 }
 _PATHS = {path for _, path in ROUTES}
 
@@ -50,6 +52,10 @@ class SimApp:
         self._down_until = 0.0
         self._down_task: asyncio.Task[None] | None = None
         self._windows: list[asyncio.TimerHandle] = []
+        self._changes: list[asyncio.TimerHandle] = []
+        self.gateway = (
+            TokenBucket(config.gateway_rate, config.burst) if config.gateway_rate > 0 else None
+        )
 
     # -- requests -----------------------------------------------------------------------------
     async def handle(self, req: HttpRequest, conn: HttpConnection) -> None:
@@ -91,6 +97,11 @@ class SimApp:
         self._t0 = asyncio.get_running_loop().time()
         await self._listen()
         self.set_faults(self.faults)
+        loop = asyncio.get_running_loop()
+        self._changes = [
+            loop.call_later(at, self.engine.set_capacity, slots, kv)
+            for at, slots, kv in self.config.capacity_changes
+        ]
         return self.port
 
     async def _listen(self) -> None:
@@ -137,7 +148,7 @@ class SimApp:
 
     async def close(self) -> None:
         """Stop listening, drop connections and cancel timers."""
-        for handle in self._windows:
+        for handle in (*self._windows, *self._changes):
             handle.cancel()
         if self._down_task is not None:
             self._down_task.cancel()

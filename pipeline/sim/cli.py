@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .config import FaultConfig, SimConfig
+from .config import METRICS_FLAVOURS, FaultConfig, SimConfig
 from .runner import serve
 
 
@@ -23,6 +23,22 @@ def _window(text: str) -> tuple[float, float]:
     if start < 0 or duration <= 0:
         raise argparse.ArgumentTypeError(f"bad down window {text!r}")
     return start, duration
+
+
+def _change(text: str) -> tuple[float, int | None, int | None]:
+    parts = text.split(":")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        at = float(parts[0])
+        slots = int(parts[1]) if parts[1] else None
+        kv = int(parts[2]) if len(parts) == 3 and parts[2] else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected AT:SLOTS[:KV_TOKENS] (seconds, then numbers; leave one empty to keep it), "
+            f"got {text!r}"
+        ) from None
+    return at, slots, kv
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +53,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--latency", type=float, default=d.latency, help="service seconds per request")
     add("--per-token", type=float, default=d.per_token, help="extra seconds per output token")
     add("--jitter", type=float, default=d.jitter, help="service time spread, 0.1 = +-10%%")
+    add("--kv-tokens", type=int, default=d.kv_capacity_tokens, dest="kv_tokens",
+        help="KV cache size in tokens; a request holds prompt + generated tokens while it runs, "
+        "and is admitted only while the cache has room (small = a KV-bound server)")  # fmt: skip
+    add("--metrics", choices=METRICS_FLAVOURS, default=d.metrics,
+        help="/metrics dialect (none = no /metrics, 404; default %(default)s)")  # fmt: skip
+    add("--metrics-delay", type=float, default=d.metrics_delay, metavar="S",
+        help="answer /metrics S seconds late (a busy API server), with the gauges as they were "
+        "when asked")  # fmt: skip
+    add("--gateway-rate", type=float, default=d.gateway_rate, metavar="R",
+        help="a rate-limiting gateway in front: R requests/s (token bucket), else 429 with "
+        "Retry-After")  # fmt: skip
+    add(
+        "--gateway-burst",
+        type=int,
+        default=d.gateway_burst,
+        metavar="N",
+        help="the gateway's bucket size (default: a tenth of a second's worth)",
+    )
+    add("--capacity-change", type=_change, action="append", default=[],
+        metavar="AT:SLOTS[:KV_TOKENS]", help="at AT seconds after start, change the slots "
+        "and/or the KV cache (repeatable; e.g. 20:32 or 20::4000)")  # fmt: skip
     add("--caption-words", type=int, default=d.caption_words, help="caption length in words")
     add("--seed", type=int, default=d.seed, help="seed for faults, jitter and ids")
     for kind, flag in (
@@ -92,6 +129,12 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         caption_words=args.caption_words,
         seed=args.seed,
         faults=faults,
+        kv_capacity_tokens=args.kv_tokens,
+        metrics=args.metrics,
+        metrics_delay=args.metrics_delay,
+        gateway_rate=args.gateway_rate,
+        gateway_burst=args.gateway_burst,
+        capacity_changes=tuple(args.capacity_change),
     )
 
 

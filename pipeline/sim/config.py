@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+#: The /metrics dialects the simulator can speak (``none``: no /metrics at all, 404).
+METRICS_FLAVOURS = ("vllm", "sglang", "llamacpp", "none")
+
 #: Fault kinds in the order their probabilities are stacked on one uniform draw.
 FAULT_KINDS: tuple[str, ...] = (
     "error_429",
@@ -93,9 +96,15 @@ class SimConfig:
     per_token: float = 0.0
     jitter: float = 0.0
     caption_words: int = 24
-    kv_capacity_tokens: int = 1_000_000
+    kv_capacity_tokens: int = 1_000_000  # the KV cache; a small one makes the server KV-bound
     seed: int = 0
     faults: FaultConfig = field(default_factory=FaultConfig)
+    metrics: str = "vllm"  # /metrics names: vllm, sglang, llamacpp, or none (404)
+    metrics_delay: float = 0.0  # seconds each /metrics answer is late (a busy API server)
+    gateway_rate: float = 0.0  # > 0: a rate-limiting gateway in front (requests/s, 429s)
+    gateway_burst: int = 0  # its token bucket's size; 0 = a tenth of a second's worth
+    # (seconds after server start, slots or None, KV tokens or None): capacity changes
+    capacity_changes: tuple[tuple[float, int | None, int | None], ...] = ()
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -108,3 +117,17 @@ class SimConfig:
             raise ValueError(f"caption_words={self.caption_words} must be >= 1")
         if self.kv_capacity_tokens < 1:
             raise ValueError(f"kv_capacity_tokens={self.kv_capacity_tokens} must be >= 1")
+        if self.metrics not in METRICS_FLAVOURS:
+            raise ValueError(
+                f"metrics={self.metrics!r} is not one of {', '.join(METRICS_FLAVOURS)}"
+            )
+        if self.metrics_delay < 0 or self.gateway_rate < 0 or self.gateway_burst < 0:
+            raise ValueError("metrics_delay, gateway_rate and gateway_burst must be >= 0")
+        for at, slots, kv in self.capacity_changes:
+            if at < 0 or (slots is not None and slots < 1) or (kv is not None and kv < 1):
+                raise ValueError(f"bad capacity change ({at}, {slots}, {kv})")
+
+    @property
+    def burst(self) -> int:
+        """The gateway's bucket size."""
+        return self.gateway_burst or max(1, round(self.gateway_rate / 10))

@@ -13,9 +13,10 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import errors, metrics, responses
+from . import errors, gateway, metrics, responses
 from .chat import ChatRequest, parse_chat
 from .config import FaultConfig
+from .engine import Job
 from .errors import ApiError
 from .httpserver import HttpConnection, HttpRequest
 
@@ -68,7 +69,15 @@ async def models(app: SimApp, req: HttpRequest, conn: HttpConnection) -> None:
 
 
 async def metrics_page(app: SimApp, req: HttpRequest, conn: HttpConnection) -> None:
-    body = metrics.render(app.engine, app.config.model)
+    """The gauges as they are when asked; a busy API server (``metrics_delay``) hands them
+    over late, so the client reads a stale picture."""
+    cfg = app.config
+    if cfg.metrics == "none":
+        conn.send(404, b'{"detail":"Not Found"}', keep_alive=req.keep_alive)
+        return
+    body = metrics.render(app.engine, cfg.model, cfg.metrics)
+    if cfg.metrics_delay > 0:
+        await asyncio.sleep(cfg.metrics_delay)
     conn.send(200, body, metrics.CONTENT_TYPE, keep_alive=req.keep_alive)
 
 
@@ -103,6 +112,21 @@ async def sim_down(app: SimApp, req: HttpRequest, conn: HttpConnection) -> None:
     asyncio.get_running_loop().call_soon(app.go_down, seconds)
 
 
+async def sim_capacity(app: SimApp, req: HttpRequest, conn: HttpConnection) -> None:
+    """``{"slots": N, "kv_tokens": M}`` (either may be left out): change capacity now."""
+    try:
+        data = json.loads(req.body or b"{}")
+        slots, kv = data.get("slots"), data.get("kv_tokens")
+        for value in (slots, kv):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{value!r} is not a positive integer")
+    except (ValueError, AttributeError) as exc:
+        conn.send(400, _json({"detail": f"bad capacity request: {exc}"}), keep_alive=req.keep_alive)
+        return
+    app.engine.set_capacity(slots, kv)
+    conn.send(200, _JSON_OK, keep_alive=req.keep_alive)
+
+
 def _send_error(app: SimApp, conn: HttpConnection, req: HttpRequest, error: ApiError) -> None:
     app.engine.stats.errors[str(error.status)] += 1
     headers: tuple[tuple[str, str], ...] = ()
@@ -122,6 +146,14 @@ async def chat_completions(app: SimApp, req: HttpRequest, conn: HttpConnection) 
 
 
 async def _chat(app: SimApp, req: HttpRequest, conn: HttpConnection) -> None:
+    if app.gateway is not None:
+        wait = app.gateway.take(time.monotonic())
+        if wait is not None:
+            app.engine.stats.errors["429"] += 1
+            headers = (("retry-after", gateway.retry_after_header(wait)),)
+            body = gateway.rate_limited(app.config.gateway_rate, wait).body()
+            conn.send(429, body, headers=headers, keep_alive=req.keep_alive)
+            return
     fault = app.draw_fault()
     if fault is not None:
         app.engine.stats.faults[fault] += 1
@@ -146,16 +178,13 @@ async def _chat(app: SimApp, req: HttpRequest, conn: HttpConnection) -> None:
     cid = app.new_id()
     created = int(time.time())
     engine = app.engine
+    job = engine.submit(request.prompt_tokens, n_out, engine.service_time(n_out))
     try:
-        seconds = engine.service_time(n_out)
-        async with engine.running(request.prompt_tokens + n_out, seconds) as due:
-            # Service runs from when the slot became ours (see FifoSlots).
-            service = max(0.0, due - asyncio.get_running_loop().time())
-            if request.stream and fault is None:
-                await _stream(app, conn, request, completion, cid, created, service)
-            elif service > 0:
-                await asyncio.sleep(service)
+        if request.stream and fault is None:
+            await _stream(app, conn, request, completion, cid, created, job)
+        await job.done
     except asyncio.CancelledError:
+        engine.abort(job)
         engine.metrics.success["abort"] += 1
         raise
     if fault == "error_500":
@@ -182,7 +211,6 @@ async def _chat(app: SimApp, req: HttpRequest, conn: HttpConnection) -> None:
 
 def _record_success(app: SimApp, request: ChatRequest, completion: responses.Completion) -> None:
     stats = app.engine.stats
-    stats.completed += 1
     if request.images:
         stats.images[request.images[0].sha12] += 1
     n_out = len(completion.words)
@@ -196,19 +224,18 @@ async def _stream(
     completion: responses.Completion,
     cid: str,
     created: int,
-    service: float,
+    job: Job,
 ) -> None:
-    """Send the SSE events of a streamed answer, spreading `service` seconds over the deltas."""
+    """Send the SSE events of a streamed answer, paced by the request's progress in the
+    engine (each delta when its share of the output is generated)."""
     model = app.config.model
     conn.start_chunked(200, "text/event-stream; charset=utf-8")
     await conn.write_chunk(
         responses.sse_chunk(cid, created, model, {"role": "assistant", "content": ""})
     )
     deltas = responses.stream_deltas(completion) or [""]
-    pause = service / len(deltas)
     for index, delta in enumerate(deltas):
-        if pause > 0:
-            await asyncio.sleep(pause)
+        await job.reach((index + 1) / len(deltas))
         last = index == len(deltas) - 1
         reason = completion.finish_reason if last else None
         await conn.write_chunk(responses.sse_chunk(cid, created, model, {"content": delta}, reason))
