@@ -17,11 +17,11 @@ Regimes, read from the server's ``/metrics`` (``metrics.py``):
   down to half a batch, so the limit never sinks below what the server runs. A full KV
   cache is not a reason to back off.
 - **overloaded**: ``vllm:num_preemptions_total`` rose by more than one for every four of our
-  requests that finished meanwhile (judged over at least two batches) — the server admits more than its KV cache holds and is
-  recomputing. (vLLM admits by the cache's current use and preempts the newest request when
-  the running ones outgrow it, so a few preemptions are part of a full cache's normal life.)
-  Cut to 90% of the running batch; grow back by one request a step only after a few quiet
-  samples.
+  requests that finished meanwhile (judged over at least two batches): the server admits
+  more than its KV cache holds and is recomputing. (vLLM admits by the cache's current use
+  and preempts the newest request when the running ones outgrow it, so a few preemptions
+  are part of a full cache's normal life.) Cut to 90% of the running batch; grow back by
+  one request a step only after a few quiet samples.
 - **throttled**: a gateway in front of the model answered 429. Cut by 10% at most once per
   change; grow back by one request a step once a second has passed without one.
 - **no metrics** (none served, or none answered lately): steer by latency (AIMD): grow
