@@ -25,12 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import make_images
 
 
-def sim(tmp: Path, slots: int = 64, latency: float = 0.25) -> tuple[subprocess.Popen[bytes], str]:
-    """`caption sim` in its own process on a free port; its process and base URL."""
+def sim(
+    tmp: Path, slots: int = 64, latency: float = 0.25, *extra: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`caption sim` in its own process on a free port (more flags in `extra`); its process
+    and base URL."""
     port_file = tmp / "port"
+    port_file.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "sim", "--port", "0", "--port-file", str(port_file),
-         "--slots", str(slots), "--latency", str(latency)],
+         "--slots", str(slots), "--latency", str(latency), *extra],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.monotonic() + 20

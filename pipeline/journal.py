@@ -4,7 +4,9 @@ Rows are appended as JSON lines to ``_caption_journal-<run_id>-<seq>.jsonl`` and
 groups (one fsync per batch that arrived while the previous one was being written). Segment
 ``seq`` holds exactly the rows of part file ``part-<run_id>-<seq>.parquet``; once that part is
 renamed into place the segment is deleted. At the next start, ``recover`` turns any segment
-whose part never landed into that part file, so a SIGKILL loses only requests in flight.
+whose part never landed into that part file, so a SIGKILL loses only the requests in flight
+and the answers not yet fsynced (those that arrived during the last group write; their count
+is not bounded, it depends on how fast the disk syncs): the rerun sends those again.
 """
 
 from __future__ import annotations

@@ -480,37 +480,3 @@ def test_cli_subprocess(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err
     assert out.startswith(f"caption sim: serving {MODEL} on http://127.0.0.1:{port}/v1 (slots=64")
-
-
-@pytest.mark.anyio
-async def test_fifo_slots_hand_over_at_the_due_time() -> None:
-    """A queued request's service starts when the previous holder's service was due to end
-    (a GPU frees the slot on schedule), not when the server got round to releasing it; never
-    before the request itself arrived; and at once when the holder ends early."""
-    import asyncio
-
-    from pipeline.sim.engine import FifoSlots
-
-    loop = asyncio.get_running_loop()
-    slots = FifoSlots(1)
-    assert await slots.acquire() <= loop.time()
-    queued = asyncio.ensure_future(slots.acquire())
-    await asyncio.sleep(0)
-    arrived = loop.time()
-    time.sleep(0.05)  # the server is busy past the holder's due time
-    due = arrived + 0.01
-    slots.release(due)
-    assert await queued == due  # not the late release time
-
-    late = asyncio.ensure_future(slots.acquire())
-    await asyncio.sleep(0.02)  # arrives after the due time below
-    slots.release(arrived)
-    assert await late > arrived + 0.015  # its own arrival, not the earlier due time
-
-    early = asyncio.ensure_future(slots.acquire())
-    await asyncio.sleep(0)
-    before = loop.time()
-    slots.release(before + 10)  # the holder went away before its due time
-    assert before <= await early <= loop.time()
-    slots.release()
-    assert slots.running == 0 and slots.waiting == 0
