@@ -22,8 +22,10 @@ Regimes, read from the server's ``/metrics`` (``metrics.py``):
   and preempts the newest request when the running ones outgrow it, so a few preemptions
   are part of a full cache's normal life.) Cut to 90% of the running batch; grow back by
   one request a step only after a few quiet samples.
-- **throttled**: a gateway in front of the model answered 429. Cut by 10% at most once per
-  change; grow back by one request a step once a second has passed without one.
+- **throttled**: a gateway in front of the model answers 429. When more than one attempt in
+  ten is refused, cut to what gets through (answers/s x latency + 10%); a few 429s are the
+  price of keeping the gateway's bucket drained (a 429 costs a round trip, an unspent token
+  an answer). Grow back by one request a step once a second has passed without a 429.
 - **no metrics** (none served, or none answered lately): steer by latency (AIMD): grow
   while the recent median latency is within 1.5x of the best seen, cut 20% past 2x.
 
@@ -47,6 +49,7 @@ PREEMPT_SHARE = 0.25  # preemptions per finished request that mean overload
 QUIET_SAMPLES = 4  # fresh samples without overload before growing again
 CAREFUL_SAMPLES = 40  # ... and before growing by 10% a step again (with 10 s without a 429)
 THROTTLE_QUIET_S = 1.0  # seconds without a 429 before growing again
+THROTTLE_SHARE = 0.1  # share of attempts answered 429 that calls for a cut
 SETTLE_MIN_S = 1.0  # a change counts as settled after at most max(this, 2 x latency)
 
 
@@ -89,15 +92,23 @@ class AutoConcurrency:
     _window: tuple[float, int] = (0.0, 0)  # preemptions and our answers, since the last verdict
     _quiet: int = QUIET_SAMPLES  # fresh samples since the last preemption
     _throttled_at: float = -math.inf
+    _throttles: int = 0  # 429s to requests sent under the current limit...
+    _answers: int = 0  # ...and answers to them
     _careful: bool = False  # after an overload or a 429: grow by one request a step
+    # (started, seconds) of recent answers, and when each came: enough for a second's worth at
+    # several thousand answers/s
     _latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=256))
+    _answered: deque[float] = field(default_factory=lambda: deque(maxlen=8192))
     _best: float | None = None
 
     # -- evidence --------------------------------------------------------------------------
     def observe_latency(self, started: float, seconds: float) -> None:
         """A successful request that started at ``started`` took ``seconds``."""
         self._latencies.append((started, seconds))
+        self._answered.append(started + seconds)
         self._finished += 1
+        if started >= self.settled_at >= self.changed_at:
+            self._answers += 1
 
     def typical_latency(self) -> float | None:
         if not self._latencies:
@@ -162,15 +173,32 @@ class AutoConcurrency:
             return self._move(self.limit, "queueing", "latency 1.5-2x its best: holding", seen, now)
         return self._maybe_grow(in_flight, "room", "latency near its best", seen, now)
 
-    def on_throttle(self, sent_at: float, now: float) -> Move | None:
-        """A request sent at ``sent_at`` got 429: cut once per change."""
+    def on_throttle(self, sent_at: float, now: float) -> None:
+        """A request sent at ``sent_at`` got 429 (counted if sent under the current limit)."""
         self._throttled_at = now
         self._careful = True
-        if not self.fresh(sent_at):
+        if self.fresh(sent_at):
+            self._throttles += 1
+
+    def on_throttles(self, now: float) -> Move | None:
+        """One step on the 429s: when more than one attempt in ten under the current limit was
+        refused, cut to what the server lets through: its answers per second times their
+        latency (Little's law), plus 10%. A few 429s are the price of keeping a rate-limited
+        server's bucket drained: a 429 costs a round trip, an unspent token an answer."""
+        throttles, answers = self._throttles, self._answers
+        if throttles + answers < 20 and throttles < 10:
             return None
-        return self._move(
-            self.limit * 0.9, "throttled", "429 from the server or a gateway", "", now
-        )
+        self._throttles = self._answers = 0
+        share = throttles / (throttles + answers)
+        if share <= THROTTLE_SHARE:
+            return None
+        latency = self.typical_latency() or 0.0
+        span = max(2.0, 4.0 * latency)
+        rate = sum(1 for done in self._answered if done > now - span) / span
+        seen = f"{throttles} of {throttles + answers} attempts answered 429, {rate:.3g} answers/s"
+        target = max(self.limit * 0.25, rate * latency * 1.1)
+        why = "rate-limited: down to what gets through (answers/s x latency + 10%)"
+        return self._move(min(target, self.limit), "throttled", why, seen, now)
 
     # -- helpers ---------------------------------------------------------------------------
     def _overload(self, load: ServerLoad, running: float) -> tuple[float, int] | None:
@@ -194,7 +222,10 @@ class AutoConcurrency:
     def _maybe_grow(self, in_flight: int, regime: str, why: str, seen: str, now: float) -> Move:
         if in_flight < 0.9 * self.limit:
             return self._move(self.limit, regime, f"{why}; limit not in use: holding", seen, now)
-        if self._quiet < QUIET_SAMPLES or now - self._throttled_at < THROTTLE_QUIET_S:
+        if now - self._throttled_at < THROTTLE_QUIET_S:
+            return self._move(self.limit, "throttled", "429s within the last second: holding at "
+                              "the rate limit", seen, now)  # fmt: skip
+        if self._quiet < QUIET_SAMPLES:
             return self._move(self.limit, regime, f"{why}; recovering: holding", seen, now)
         if self._careful and self._quiet >= CAREFUL_SAMPLES and now - self._throttled_at > 10:
             self._careful = False  # long enough without trouble: back to proportional growth

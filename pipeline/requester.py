@@ -3,11 +3,12 @@
 Retryable failures are retried with backoff up to the policy's attempts. Failures that look
 like a server outage open the shared circuit breaker; while it is open the item waits and the
 failed attempt is not counted. A 429 (a rate limit, usually a gateway in front of the model)
-is not counted either: the item waits out ``Retry-After`` (else a backoff), ``auto`` lowers
-the pool's limit, and only a server that has answered nothing but 429 for ``max_outage``
-seconds stops the run. Each attempt holds a slot of the pool (the concurrency limiter);
-waits between attempts leave it to other items. A finished row is handed on even if the run
-is being stopped (the send is shielded), so an answer that arrived is never thrown away.
+is not counted either: the item waits out ``Retry-After`` (else a backoff) in its slot,
+``auto`` sizes the pool to what gets through, and only a server that has answered nothing but
+429 for ``max_outage`` seconds stops the run. Each attempt holds a slot of the pool (the
+concurrency limiter); other waits between attempts leave it to other items. A finished row
+is handed on even if the run is being stopped (the send is shielded), so an answer that
+arrived is never thrown away.
 """
 
 from __future__ import annotations
@@ -176,13 +177,19 @@ class Requester:
                     error, latency = exc, time.perf_counter() - t0
                 else:
                     return self._ok(item, c, route, started, sent, sent_at, t0, common)
+                if error.status == 429:
+                    # A rate limit says "later", not "this item is bad": the attempt is not
+                    # counted. The item waits out Retry-After holding its slot, so the pool's
+                    # limit bounds what is in flight and what is told to wait together.
+                    attempt -= 1
+                    throttles += 1
+                    self._throttled(route, sent_at)
+                    delay = compute_backoff(self.policy, throttles, error.retry_after)
+                    log.debug("429 for %s: waiting %.2fs", item.relpath, delay)
+                    await anyio.sleep(delay)
+                    continue
             # Outside the pool: waiting for the next attempt leaves the slot to other items.
-            if error.status == 429:
-                attempt -= 1  # a rate limit says "later", not "this item is bad"
-                throttles += 1
-                self._throttled(route, sent_at)
-                delay = compute_backoff(self.policy, throttles, error.retry_after)
-            elif error.outage and route.breaker.failure(certain=error.certain):
+            if error.outage and route.breaker.failure(certain=error.certain):
                 attempt -= 1  # the server is away: not this item's fault; go elsewhere/wait
                 continue
             elif attempt >= self.policy.attempts:

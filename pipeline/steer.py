@@ -86,8 +86,7 @@ class Steering:
     def throttled(self, sent_at: float) -> None:
         """A request sent at ``sent_at`` was answered 429."""
         self.report.throttled += 1
-        now = time.monotonic()
-        self._apply(self.auto.on_throttle(sent_at, now), now)
+        self.auto.on_throttle(sent_at, time.monotonic())
 
     # -- the loops ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -102,8 +101,10 @@ class Steering:
             now = time.monotonic()
             in_flight = int(self.limiter.borrowed_tokens)
             auto.settle(in_flight, now)
-            move: Move | None = None
-            if self.use_metrics and self._sample_seq > self._used_seq:
+            move = auto.on_throttles(now)
+            if move is not None:
+                pass
+            elif self.use_metrics and self._sample_seq > self._used_seq:
                 self._used_seq = self._sample_seq
                 assert self._sample is not None
                 gathered_at, load = self._sample

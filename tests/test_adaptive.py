@@ -119,16 +119,30 @@ def test_a_cut_settles_when_the_excess_has_drained() -> None:
     assert auto.fresh(2.6)
 
 
-def test_throttle_cuts_once_per_change_and_pauses_growth() -> None:
-    """429: cut 10%; more 429s from requests sent before the cut settled change nothing; growth
-    waits a second without 429s, then adds one request a step."""
-    auto = settled(limit=50, saw_queue=True)
-    assert auto.on_throttle(0.5, 1.0) is not None and auto.limit == 45
-    assert auto.on_throttle(0.9, 1.01) is None and auto.limit == 45  # sent before the cut
-    auto.settle(45, 1.1)
-    grow = auto.on_load(ServerLoad(40, 0, 0.2), 45, 1.5, 1.5)
-    assert grow.new == 45 and "recovering" in grow.why  # within a second of the 429
-    assert auto.on_load(ServerLoad(40, 0, 0.2), 45, 2.5, 2.5).new == 46  # careful: one more
+def test_throttles_cut_to_what_got_through_and_pause_growth() -> None:
+    """429s: more than one attempt in ten refused -> cut to what gets through (answers/s x
+    latency + 10%); 429s to requests sent before the cut do not count; fewer refusals hold the
+    limit (the bucket stays drained); growth waits a second without 429s, then adds one."""
+    auto = settled(limit=20, saw_queue=True)
+    for i in range(100):  # 50 answers/s over the last two seconds, 0.2 s each
+        auto.observe_latency(1.0 + i * 0.02 - 0.2, 0.2)
+    for _ in range(30):
+        auto.on_throttle(2.5, 3.0)
+    move = auto.on_throttles(3.0)
+    assert move is not None and (move.new, move.regime) == (10, "throttled")  # 49.5 x 0.2 x 1.1
+    assert "30 of 130 attempts answered 429" in move.seen
+    for _ in range(30):
+        auto.on_throttle(2.9, 3.01)  # sent before the cut took effect: not counted
+    assert auto.on_throttles(3.02) is None
+    auto.settle(10, 3.1)
+    for _ in range(2):
+        auto.on_throttle(3.2, 3.3)
+    for _ in range(28):
+        auto.observe_latency(3.2, 0.2)
+    assert auto.on_throttles(3.4) is None  # 2 of 30: the price of a drained bucket
+    hold = auto.on_load(ServerLoad(10, 0, 0.2), 10, 3.5, 3.5)
+    assert (hold.new, hold.regime) == (10, "throttled")  # a 429 within the last second
+    assert auto.on_load(ServerLoad(10, 0, 0.2), 10, 4.5, 4.5).new == 11  # careful: one more
 
 
 def test_latency_mode() -> None:

@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.gateway_burst,
         metavar="N",
-        help="the gateway's bucket size (default: a tenth of a second's worth)",
+        help="the gateway's bucket size (default: one second's worth)",
     )
     add("--capacity-change", type=_change, action="append", default=[],
         metavar="AT:SLOTS[:KV_TOKENS]", help="at AT seconds after start, change the slots "

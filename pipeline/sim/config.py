@@ -102,7 +102,7 @@ class SimConfig:
     metrics: str = "vllm"  # /metrics names: vllm, sglang, llamacpp, or none (404)
     metrics_delay: float = 0.0  # seconds each /metrics answer is late (a busy API server)
     gateway_rate: float = 0.0  # > 0: a rate-limiting gateway in front (requests/s, 429s)
-    gateway_burst: int = 0  # its token bucket's size; 0 = a tenth of a second's worth
+    gateway_burst: int = 0  # its token bucket's size; 0 = one second's worth
     # (seconds after server start, slots or None, KV tokens or None): capacity changes
     capacity_changes: tuple[tuple[float, int | None, int | None], ...] = ()
 
@@ -130,4 +130,4 @@ class SimConfig:
     @property
     def burst(self) -> int:
         """The gateway's bucket size."""
-        return self.gateway_burst or max(1, round(self.gateway_rate / 10))
+        return self.gateway_burst or max(1, round(self.gateway_rate))
