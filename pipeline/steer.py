@@ -25,7 +25,9 @@ from .metrics import ServerLoad, combine, server_load
 log = logging.getLogger(__name__)
 
 TICK_START_S = 0.1  # control steps during the slow start, so an idle GPU is found fast...
-TICK_S = 0.25  # ...and after the server first queued
+TICK_S = 0.25  # ...and after the server first queued...
+STEADY_S = 1.0  # ...and /metrics samples once the limit has held for STEADY_AFTER samples:
+STEADY_AFTER = 8  # vLLM renders ~55 KB of /metrics per request, on its API server's CPU
 METRICS_TIMEOUT_S = 10.0  # one /metrics request
 METRICS_ABSENT_S = 3.0  # no /metrics answer for this long: steer by latency meanwhile
 
@@ -78,6 +80,7 @@ class Steering:
         self._used_seq = 0
         self._answered_at = time.monotonic()  # last /metrics answer (or the start)
         self._regime_since = time.monotonic()
+        self._holds = 0  # control steps in a row that held the limit
 
     # -- evidence from the request stage ---------------------------------------------------
     def observe_latency(self, started: float, seconds: float) -> None:
@@ -121,7 +124,7 @@ class Steering:
     async def _sample_loop(self) -> None:
         """Fetch /metrics from every endpoint that is up, one round at a time."""
         while self.use_metrics:
-            await anyio.sleep(TICK_S if self.auto.saw_queue else TICK_START_S)
+            await anyio.sleep(self._sample_every())
             started = time.monotonic()
             loads = await self._fetch_all()
             if loads is None:  # a server without metrics: latency from now on
@@ -160,12 +163,19 @@ class Steering:
             return None
         return [r for r in results if isinstance(r, ServerLoad)]
 
+    def _sample_every(self) -> float:
+        if not self.auto.saw_queue:
+            return TICK_START_S
+        return STEADY_S if self._holds >= STEADY_AFTER else TICK_S
+
     # -- applying ------------------------------------------------------------------------------
     def _apply(self, move: Move | None, now: float) -> None:
         report = self.report
         regime = self.auto.regime
         report.regime_s[regime] = report.regime_s.get(regime, 0.0) + now - self._regime_since
         self._regime_since = now
+        if move is not None:
+            self._holds = self._holds + 1 if move.kind == "hold" else 0
         if move is None or move.kind == "hold":
             return
         report.moves[f"{move.kind} ({move.regime})"] += 1

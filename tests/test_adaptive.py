@@ -48,6 +48,20 @@ def test_metrics_mode_reactions(
     assert auto.limit == expected
 
 
+def test_requests_the_server_has_not_counted_yet_are_queued_too() -> None:
+    """Ours in flight beyond running + waiting (on the wire, in vLLM's API server) count as
+    queue: no doubling before the server has seen them, and they are part of the excess."""
+    auto = settled(limit=64)
+    hold = auto.on_load(ServerLoad(0, 0, 0.0), 64, 1.0, 1.0)
+    assert (hold.new, hold.regime) == (64, "room") and "not counted yet" in hold.why
+    auto = settled(limit=100, saw_queue=True)
+    cut = auto.on_load(ServerLoad(6, 20, 0.92), 100, 1.0, 1.0)  # 74 unseen
+    assert cut.new == 25  # toward 100 - (20 - 3 + 74) = 9, at most 75% a step
+    auto.settle(25, 2.0)
+    cut = auto.on_load(ServerLoad(6, 10, 0.92), 25, 2.5, 2.5)  # 9 unseen
+    assert cut.new == 9  # running 6 + half a band (3)
+
+
 def test_queue_cut_never_sinks_below_the_running_batch() -> None:
     """Whatever the queue, a cut on one fresh sample keeps every running request a slot."""
     for limit, running in itertools.product((8, 16, 64, 200), (1, 6, 32, 64, 128)):

@@ -161,3 +161,42 @@ def test_auto_concurrency_reads_real_metrics(
     got = rows(tmp_path / "out")
     assert len(got) == 60 and all(r["status"] == "ok" for r in got)
     assert all(int(str(r["concurrency"])) >= 1 for r in got)
+
+
+KV_URL = os.environ.get("CAPTION_VLLM_KV_URL", "")
+
+
+def test_kv_bound_server_auto_keeps_the_batch_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real KV-bound vLLM (--num-gpu-blocks-override 40): auto sees it kv-bound, and while
+    requests wait its limit is never below the running batch for more than one control step."""
+    from pipeline.adaptive import AutoConcurrency, Move
+    from pipeline.metrics import ServerLoad
+
+    assert KV_URL, "CAPTION_VLLM_KV_URL is not set: run `make test-vllm`"
+    steps: list[tuple[float, float, float | None, int]] = []
+    on_load = AutoConcurrency.on_load
+
+    def spy(self: AutoConcurrency, load: ServerLoad, *args: float) -> Move:
+        move = on_load(self, load, *args)  # type: ignore[arg-type]
+        steps.append((load.running, load.waiting, load.kv_cache, move.new))
+        return move
+
+    monkeypatch.setattr(AutoConcurrency, "on_load", spy)
+    n = 200
+    root = make_images(tmp_path / "img", n, size=(64, 48), seed=44)[0].parent.parent
+    code = main(["run", "--endpoint", KV_URL, "--input", str(root), "--output",
+                 str(tmp_path / "out"), "--prompt", "Describe.", "--max-tokens", "64",
+                 "--no-progress"])  # fmt: skip
+    assert code == 0
+    got = rows(tmp_path / "out")
+    assert len(got) == n and all(r["status"] == "ok" for r in got)
+    # The server really was KV-bound: a full cache with a queue, fewer running than slots.
+    assert any(w > 0 and (kv or 0) >= 0.9 for _, w, kv, _ in steps), steps
+    assert max(r for r, _, _, _ in steps) < 64, steps
+    streak = 0
+    for running, waiting, _, limit in steps:
+        streak = streak + 1 if waiting > 0 and limit < running else 0
+        assert streak <= 1, steps
+    assert "kv-bound" in capsys.readouterr().out
