@@ -124,7 +124,12 @@ class SimConfig:
         if self.metrics_delay < 0 or self.gateway_rate < 0 or self.gateway_burst < 0:
             raise ValueError("metrics_delay, gateway_rate and gateway_burst must be >= 0")
         for at, slots, kv in self.capacity_changes:
-            if at < 0 or (slots is not None and slots < 1) or (kv is not None and kv < 1):
+            if (
+                not math.isfinite(at)
+                or at < 0
+                or (slots is not None and slots < 1)
+                or (kv is not None and kv < 1)
+            ):
                 raise ValueError(f"bad capacity change ({at}, {slots}, {kv})")
 
     @property

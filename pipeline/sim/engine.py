@@ -168,6 +168,8 @@ class Engine:
         """Start queued requests while a slot and the KV cache have room; their service counts
         from ``at`` (the due time of the slot that freed), or their own arrival if later."""
         room = self.kv_capacity * (1.0 - KV_WATERMARK)
+        if not self.running:
+            self._hold = False  # nothing left to complete (every running request was aborted)
         while self.waiting and not self._hold and len(self.running) < self.slots:
             job = next(iter(self.waiting))
             if self.running and self.kv_used(at) + job.base > room:
@@ -222,8 +224,8 @@ class Engine:
         if self._overflow is not None:
             self._overflow.cancel()
             self._overflow = None
-        if self._rate <= 0 or not self.running:
-            return
+        if self._rate <= 0 or len(self.running) < 2:
+            return  # one request alone may outgrow the cache: there is nothing to preempt
         at = (self.kv_capacity - self._base + self._offset) / self._rate
         if at < self._latest_due:  # else every running request completes first
             loop = asyncio.get_running_loop()
@@ -231,7 +233,9 @@ class Engine:
 
     def _preempt(self) -> None:
         """The cache is full: preempt the newest running requests until the rest fit."""
-        self._overflow = None
+        if self._overflow is not None:
+            self._overflow.cancel()  # when called directly (set_capacity), not by the timer
+            self._overflow = None
         now = asyncio.get_running_loop().time()
         while len(self.running) > 1 and self.kv_used(now) > self.kv_capacity * (1 + 1e-9):
             job = self.running[-1]

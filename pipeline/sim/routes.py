@@ -118,7 +118,8 @@ async def sim_capacity(app: SimApp, req: HttpRequest, conn: HttpConnection) -> N
         data = json.loads(req.body or b"{}")
         slots, kv = data.get("slots"), data.get("kv_tokens")
         for value in (slots, kv):
-            if value is not None and (not isinstance(value, int) or value < 1):
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            if value is not None and not ok:
                 raise ValueError(f"{value!r} is not a positive integer")
     except (ValueError, AttributeError) as exc:
         conn.send(400, _json({"detail": f"bad capacity request: {exc}"}), keep_alive=req.keep_alive)
@@ -229,6 +230,7 @@ async def _stream(
     """Send the SSE events of a streamed answer, paced by the request's progress in the
     engine (each delta when its share of the output is generated)."""
     model = app.config.model
+    await job.admitted.wait()  # vLLM sends the first chunk with the engine's first output
     conn.start_chunked(200, "text/event-stream; charset=utf-8")
     await conn.write_chunk(
         responses.sse_chunk(cid, created, model, {"role": "assistant", "content": ""})
