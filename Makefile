@@ -28,6 +28,8 @@ typecheck: $(STAMP)
 	$(BIN)/mypy pipeline
 
 bench: $(STAMP)
+	$(VLLM_RIG) install && $(VLLM_RIG) model || echo "bench: no rig venv; auto_regimes will skip its peer (vllm bench serve)"
+	$(BIN)/python bench/auto_regimes.py
 	$(BIN)/python bench/client_scaling.py --big
 	$(BIN)/python bench/client_scaling.py
 	$(BIN)/python bench/saturation.py
