@@ -12,9 +12,10 @@ Regimes, read from the server's ``/metrics`` (``metrics.py``):
   then ~10% a step) while our limit is in use.
 - **batch-bound** (requests wait, KV cache not full: the running batch is at
   ``--max-num-seqs``) and **kv-bound** (requests wait with the KV cache ~0.9-1.0 full,
-  fewer running than ``--max-num-seqs``: the normal state of a busy GPU server): keep the
-  queue between 1 and one running batch (max(4, running)); past that, drop just the excess
-  down to half a batch, so the limit never sinks below what the server runs. Our requests in
+  fewer running than ``--max-num-seqs``: the normal state of a busy GPU server): keep a
+  queue of ``want`` (batch-bound: half the running batch, slots free in bursts; kv-bound: a
+  quarter of it, at least 2, the cache frees a request or two at a time); past twice that,
+  drop just the excess down to ``want``, so the limit never sinks below what the server runs. Our requests in
   flight that the server does not count yet (on the wire, or in its API server's
   preprocessing) count as queued: growth waits until the server has seen them. A full KV
   cache is not a reason to back off.
@@ -152,13 +153,19 @@ class AutoConcurrency:
             self.saw_queue = True
             full = load.kv_cache is not None and load.kv_cache >= KV_FULL
             regime = "kv-bound" if full else "batch-bound"
-            band = max(4.0, running)
-            if waiting > band:
-                excess = waiting - band / 2 + unseen
-                why = f"queue deeper than a batch ({band:g}): dropping the excess"
+            # The queue to keep: enough to refill the slots that free before our next request
+            # arrives. A batch-bound server frees slots in bursts (answers of equal length end
+            # together): half a batch. A kv-bound one admits as the cache frees, a request or
+            # two at a time, and on the real rig every request waiting beyond that cost
+            # throughput (bench/vllm_kv.py): a quarter of a batch, at least 2.
+            want = max(2.0, running / 4) if full else max(2.0, running / 2)
+            if waiting > 2 * want:
+                excess = waiting - want + unseen
+                why = f"queue deeper than {2 * want:g}: dropping the excess"
                 target = max(self.limit * 0.25, self.limit - excess)
                 return self._move(target, regime, why, seen, now)
-            return self._move(self.limit, regime, f"queue within 1-{band:g}: holding", seen, now)
+            why = f"queue within 1-{2 * want:g}: holding"
+            return self._move(self.limit, regime, why, seen, now)
         if unseen > max(2.0, 0.1 * in_flight):
             why = f"nothing waits, but {unseen:g} of ours in flight are not counted yet: holding"
             return self._move(self.limit, "room", why, seen, now)

@@ -32,8 +32,10 @@ def settled(limit: int = 16, **kw: object) -> AutoConcurrency:
         (ServerLoad(10, 0, 0.1), 10, False, 16, "room"),  # limit not in use: hold
         (ServerLoad(14, 2, 0.1), 16, False, 16, "batch-bound"),  # small queue: hold
         (ServerLoad(14, 2, 0.97), 16, False, 16, "kv-bound"),  # full KV + queue: hold, no cut
-        (ServerLoad(6, 10, 0.92), 16, True, 9, "kv-bound"),  # queue 10 > band 6: drop 10 - 3
-        (ServerLoad(4, 12, 0.5), 16, True, 6, "batch-bound"),  # band floor 4: drop 12 - 2
+        (ServerLoad(6, 10, 0.92), 16, True, 8, "kv-bound"),  # kv-bound wants 2: drop 10 - 2
+        (ServerLoad(4, 12, 0.5), 16, True, 6, "batch-bound"),  # wants max(2, 4/2): drop 12 - 2
+        (ServerLoad(10, 6, 0.5), 16, True, 16, "batch-bound"),  # wants 5: 6 <= 10, hold
+        (ServerLoad(10, 6, 0.95), 16, True, 12, "kv-bound"),  # wants 2.5: 6 > 5, drop 6 - 2.5
         (ServerLoad(1, 40, 0.5), 16, True, 4, "batch-bound"),  # at most 75% a step
         (ServerLoad(16, 0, 0.97), 16, True, 17, "room"),  # a full cache alone is no reason
     ],
@@ -59,7 +61,7 @@ def test_requests_the_server_has_not_counted_yet_are_queued_too() -> None:
     assert cut.new == 25  # toward 100 - (20 - 3 + 74) = 9, at most 75% a step
     auto.settle(25, 2.0)
     cut = auto.on_load(ServerLoad(6, 10, 0.92), 25, 2.5, 2.5)  # 9 unseen
-    assert cut.new == 9  # running 6 + half a band (3)
+    assert cut.new == 8  # running 6 + the kv-bound queue (2)
 
 
 def test_queue_cut_never_sinks_below_the_running_batch() -> None:
