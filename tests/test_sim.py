@@ -25,6 +25,7 @@ from pipeline.sim import FaultConfig, SimConfig, SimServer
 from pipeline.sim.imagesize import image_size
 
 MODEL = "gemma3-27b"
+JSON = "application/json"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -453,6 +454,41 @@ def test_raw_keepalive_pipelining_and_connection_close(sim: SimServer) -> None:
     assert data.count(b"HTTP/1.1 200 OK") == 2
     assert data.index(b"0.32.0-sim") < data.rindex(b"HTTP/1.1 200 OK")
     assert b"connection: close" in data.lower()
+
+
+def test_http_details_404_405_expect_continue_and_big_bodies(
+    sim: SimServer, client: httpx.Client
+) -> None:
+    """404/405 are vLLM's JSON; `server: vllm-sim`; Expect: 100-continue is honoured; a
+    body over aiohttp's default 1 MiB is read (up to 64 MiB)."""
+    for method, path, status, detail in (
+        ("GET", "/nope", 404, "Not Found"),
+        ("GET", "/v1/chat/completions", 405, "Method Not Allowed"),
+        ("HEAD", "/health", 405, "Method Not Allowed"),
+        ("POST", "/health", 405, "Method Not Allowed"),
+    ):
+        r = client.request(method, f"{sim.url}{path}")
+        assert r.status_code == status
+        assert r.headers["content-type"] == "application/json"
+        assert r.headers["server"] == "vllm-sim"
+        if method != "HEAD":
+            assert r.content == f'{{"detail":"{detail}"}}'.encode()
+    body = json.dumps(chat_body(GOOD)).encode()
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK") and b"simulated" in data
+    padded = body + b" " * (3 << 20)  # JSON allows trailing whitespace
+    r = client.post("/chat/completions", content=padded, headers={"content-type": JSON})
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 16
 
 
 @pytest.mark.slow

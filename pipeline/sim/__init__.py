@@ -4,11 +4,11 @@ It reproduces vLLM 0.32.0's response bodies, SSE stream, error bodies, /v1/model
 and /metrics names, with configurable latency, a FIFO slot queue, injected faults and down
 windows. Captions are marked as simulated and name the sha256 prefix of the received image.
 
-Modules: `config` (settings), `httpserver` (HTTP/1.1 on asyncio), `chat` (request validation
-and prompt tokens), `errors` (vLLM error bodies), `responses` (caption and bodies),
-`imagesize` (header-only image size), `engine` (slots, stats), `metrics` (Prometheus text),
-`routes` (endpoints), `app` (listening, faults, down windows), `runner` (`serve`,
-`SimServer`), `cli` (`caption sim`).
+Modules: `config` (settings), `chat` (request validation and prompt tokens), `errors` (vLLM
+error bodies), `responses` (caption and bodies), `imagesize` (header-only image size),
+`engine` (slots, stats), `gateway` (rate-limiting token bucket), `metrics` (Prometheus text),
+`routes` (endpoints, as aiohttp.web handlers), `app` (the aiohttp.web application, listening,
+faults, down windows), `runner` (`serve`, `SimServer`), `cli` (`caption sim`).
 """
 
 from __future__ import annotations

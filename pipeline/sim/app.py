@@ -1,6 +1,6 @@
-"""`SimApp`: one simulated server on the running event loop — routing, fault draws, the
-listening socket and down windows (listener closed, connections dropped, then re-listen on
-the same port with SO_REUSEADDR).
+"""`SimApp`: one simulated server on the running event loop — the aiohttp.web application
+(routing, 404/405 as vLLM's JSON), fault draws, the listening socket and down windows
+(connections dropped, listener closed, then re-listen on the same port with SO_REUSEADDR).
 """
 
 from __future__ import annotations
@@ -11,27 +11,30 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
+from aiohttp import web
+
 from . import routes
 from .config import FAULT_KINDS, FaultConfig, SimConfig
 from .engine import Engine
 from .gateway import TokenBucket
-from .httpserver import HttpConnection, HttpRequest
 
-Route = Callable[["SimApp", HttpRequest, HttpConnection], Awaitable[None]]
+Route = Callable[["SimApp", web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-ROUTES: dict[tuple[str, str], Route] = {
-    ("GET", "/health"): routes.health,
-    ("GET", "/version"): routes.version,
-    ("GET", "/v1/models"): routes.models,
-    ("GET", "/metrics"): routes.metrics_page,
-    ("POST", "/v1/chat/completions"): routes.chat_completions,
-    ("GET", "/sim/stats"): routes.sim_stats,
-    ("POST", "/sim/reset"): routes.sim_reset,
-    ("POST", "/sim/faults"): routes.sim_faults,
-    ("POST", "/sim/down"): routes.sim_down,
-    ("POST", "/sim/capacity"): routes.sim_capacity,
+# path -> method -> route; any other method on these paths is 405, any other path 404.
+ROUTES: dict[str, dict[str, Route]] = {
+    "/health": {"GET": routes.health},
+    "/version": {"GET": routes.version},
+    "/v1/models": {"GET": routes.models},
+    "/metrics": {"GET": routes.metrics_page},
+    "/v1/chat/completions": {"POST": routes.chat_completions},
+    "/sim/stats": {"GET": routes.sim_stats},
+    "/sim/reset": {"POST": routes.sim_reset},
+    "/sim/faults": {"POST": routes.sim_faults},
+    "/sim/down": {"POST": routes.sim_down},
+    "/sim/capacity": {"POST": routes.sim_capacity},
 }
-_PATHS = {path for _, path in ROUTES}
+MAX_BODY = 64 * 1024 * 1024  # request bodies up to 64 MiB (aiohttp's default is 1 MiB)
 
 
 class SimApp:
@@ -46,7 +49,7 @@ class SimApp:
         self._fault_rng = random.Random(config.seed)
         self._id_rng = random.Random(config.seed + 2)
         self._any_fault = False
-        self._connections: set[HttpConnection] = set()
+        self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self._t0 = 0.0
         self._down_until = 0.0
@@ -58,14 +61,25 @@ class SimApp:
         )
 
     # -- requests -----------------------------------------------------------------------------
-    async def handle(self, req: HttpRequest, conn: HttpConnection) -> None:
-        route = ROUTES.get((req.method, req.path))
-        if route is not None:
-            await route(self, req, conn)
-        elif req.path in _PATHS:
-            conn.send(405, b'{"detail":"Method Not Allowed"}', keep_alive=req.keep_alive)
-        else:
-            conn.send(404, b'{"detail":"Not Found"}', keep_alive=req.keep_alive)
+    def web_app(self) -> web.Application:
+        """The aiohttp.web application: ROUTES, then 405 and 404 with vLLM's JSON bodies."""
+        app = web.Application(client_max_size=MAX_BODY)
+        for path, methods in ROUTES.items():
+            resource = app.router.add_resource(path)
+            for method, route in methods.items():
+                resource.add_route(method, self._bind(route))
+            resource.add_route("*", self._bind(routes.method_not_allowed))
+        app.router.add_route("*", "/{tail:.*}", self._bind(routes.not_found))
+        return app
+
+    def _bind(self, route: Route) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            try:
+                return await route(self, request)
+            except web.HTTPRequestEntityTooLarge:
+                return routes.too_large()
+
+        return handler
 
     def draw_fault(self) -> str | None:
         """The fault kind for the next chat request (None almost always)."""
@@ -95,6 +109,12 @@ class SimApp:
     async def start(self) -> int:
         """Bind and listen; returns the port (picked by the OS when config.port is 0)."""
         self._t0 = asyncio.get_running_loop().time()
+        # No access log (aiohttp then does no per-request logging or timing); a client that
+        # goes away cancels its handler, so a queued or running request leaves the engine.
+        self._runner = web.AppRunner(
+            self.web_app(), access_log=None, handler_cancellation=True, shutdown_timeout=5.0
+        )
+        await self._runner.setup()
         await self._listen()
         self.set_faults(self.faults)
         loop = asyncio.get_running_loop()
@@ -105,11 +125,14 @@ class SimApp:
         return self.port
 
     async def _listen(self) -> None:
+        """Listen as aiohttp's TCPSite does (its protocol factory, `runner.server`), but with
+        the asyncio server in hand, so that a down window can close it at once."""
         loop = asyncio.get_running_loop()
+        assert self._runner is not None and self._runner.server is not None
         for attempt in range(50):
             try:
                 self._server = await loop.create_server(
-                    lambda: HttpConnection(self.handle, self._connections),
+                    self._runner.server,
                     self.config.host,
                     self.port,
                     reuse_address=True,
@@ -140,11 +163,13 @@ class SimApp:
         self._down_task = None
 
     def _stop_listening(self) -> None:
+        if self._runner is not None and self._runner.server is not None:
+            for handler in self._runner.server.connections:
+                if handler.transport is not None:
+                    handler.transport.abort()  # its handler is cancelled (connection lost)
         if self._server is not None:
             self._server.close()
             self._server = None
-        for conn in list(self._connections):
-            conn.abort(rst=False)
 
     async def close(self) -> None:
         """Stop listening, drop connections and cancel timers."""
@@ -158,3 +183,6 @@ class SimApp:
         self._stop_listening()
         if server is not None:
             await server.wait_closed()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
