@@ -145,7 +145,7 @@ def main() -> None:
     print(f"best fixed: {best} ({med[best][0]:.2f} images/s, p50 {med[best][1]:.2f} s); auto {rate:.2f} images/s "
           f"= {ratio:.3f} of it by medians, {paired:.3f} by same-rep ratios (target >= 0.97); p50 {p50:.2f} s = "
           f"{lat:.2f}x its p50 ({paired_lat:.2f}x same-rep; target <= 1.5): "
-          f"{'met' if max(ratio, paired) >= 0.97 and min(lat, paired_lat) <= 1.5 else 'NOT MET'}")  # fmt: skip
+          f"{'met' if paired >= 0.97 and paired_lat <= 1.5 else 'NOT MET'} (judged by the same-rep ratios)")  # fmt: skip
 
 
 if __name__ == "__main__":
