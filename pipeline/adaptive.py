@@ -15,10 +15,10 @@ Regimes, read from the server's ``/metrics`` (``metrics.py``):
   fewer running than ``--max-num-seqs``: the normal state of a busy GPU server): keep a
   queue of ``want`` (batch-bound: half the running batch, slots free in bursts; kv-bound: a
   quarter of it, at least 2, the cache frees a request or two at a time); past twice that,
-  drop just the excess down to ``want``, so the limit never sinks below what the server runs. Our requests in
-  flight that the server does not count yet (on the wire, or in its API server's
-  preprocessing) count as queued: growth waits until the server has seen them. A full KV
-  cache is not a reason to back off.
+  drop just the excess down to ``want``, so the limit never sinks below what the server
+  runs. Our requests in flight that the server does not count yet (on the wire, or in its
+  API server's preprocessing) count as queued: growth waits until the server has seen
+  them. A full KV cache is not a reason to back off.
 - **overloaded**: ``vllm:num_preemptions_total`` rose by more than one for every four of our
   requests that finished meanwhile (judged over at least two batches): the server admits
   more than its KV cache holds and is recomputing. (vLLM admits by the cache's current use

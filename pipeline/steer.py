@@ -104,22 +104,27 @@ class Steering:
             now = time.monotonic()
             in_flight = int(self.limiter.borrowed_tokens)
             auto.settle(in_flight, now)
-            move = auto.on_throttles(now)
-            if move is not None:
-                pass
-            elif self.use_metrics and self._sample_seq > self._used_seq:
-                self._used_seq = self._sample_seq
-                assert self._sample is not None
-                gathered_at, load = self._sample
-                if auto.fresh(gathered_at):
-                    move = auto.on_load(load, in_flight, gathered_at, now)
-            elif not self.use_metrics or now - self._answered_at > METRICS_ABSENT_S:
-                if self.use_metrics and self.report.source != "latency (no /metrics answer)":
-                    log.info("auto: no /metrics answer for %.0fs; steering by latency meanwhile",
-                             now - self._answered_at)  # fmt: skip
-                    self.report.source = "latency (no /metrics answer)"
-                move = auto.on_latency(in_flight, now)
+            move = auto.on_throttles(now) or self._step(in_flight, now)
             self._apply(move, now)
+
+    def _step(self, in_flight: int, now: float) -> Move | None:
+        """One step on the freshest evidence: a new /metrics sample, else (without /metrics, or
+        none answered lately) the latencies."""
+        auto = self.auto
+        if self.use_metrics and self._sample_seq > self._used_seq:
+            self._used_seq = self._sample_seq
+            assert self._sample is not None
+            gathered_at, load = self._sample
+            return (
+                auto.on_load(load, in_flight, gathered_at, now) if auto.fresh(gathered_at) else None
+            )
+        if self.use_metrics and now - self._answered_at <= METRICS_ABSENT_S:
+            return None  # the next sample is on its way
+        if self.use_metrics and self.report.source != "latency (no /metrics answer)":
+            log.info("auto: no /metrics answer for %.0fs; steering by latency meanwhile",
+                     now - self._answered_at)  # fmt: skip
+            self.report.source = "latency (no /metrics answer)"
+        return auto.on_latency(in_flight, now)
 
     async def _sample_loop(self) -> None:
         """Fetch /metrics from every endpoint that is up, one round at a time."""
