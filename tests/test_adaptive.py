@@ -5,8 +5,11 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import pyarrow.dataset as ds
 import pytest
 from helpers import make_images
@@ -284,3 +287,42 @@ def test_only_429s_for_max_outage_stops_with_75(tmp_path: Path) -> None:
     assert code == 75
     rows = ds.dataset(tmp_path / "o").to_table().to_pylist()
     assert [r["status"] for r in rows] == ["ok"]  # the burst's one request
+
+
+def test_slow_metrics_never_double_on_a_stale_sample(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """/metrics answered 0.5 s late by a KV-bound server: no run-away slow start (every
+    raise acts on a sample fetched after the last change took effect), and auto still sees
+    the server kv-bound."""
+    root = make_images(tmp_path / "img", 400, size=(32, 24))[0].parent.parent
+    config = SimConfig(slots=256, latency=0.2, kv_capacity_tokens=3000, metrics_delay=0.5)
+    with SimServer(config) as sim, caplog.at_level(logging.DEBUG, logger="pipeline.steer"):
+        assert run(sim, root, tmp_path / "o") == 0
+        stats = sim.stats()
+    moves = [r.getMessage() for r in caplog.records if r.getMessage().startswith("auto: conc")]
+    assert not any("-> 256" in m for m in moves), moves  # 64 -> 128 -> 256 was the old fault
+    assert any("kv-bound" in m for m in moves), moves
+    assert stats["queue_wait"]["p50"] <= 0.2
+
+
+def test_capacity_drop_mid_run_is_followed(tmp_path: Path) -> None:
+    """The server's slots drop from 32 to 8 mid-run: auto's limit follows down to what the
+    new batch needs (8 running + its queue), and every item still ends ok."""
+    root = make_images(tmp_path / "img", 900, size=(32, 24))[0].parent.parent
+    with SimServer(SimConfig(slots=32, latency=0.1)) as sim:
+
+        def drop() -> None:
+            while sim.stats()["completed"] < 300:
+                time.sleep(0.02)
+            httpx.post(sim.url + "/sim/capacity", json={"slots": 8})
+
+        t = threading.Thread(target=drop)
+        t.start()
+        assert run(sim, root, tmp_path / "o") == 0
+        t.join()
+    rows = ds.dataset(tmp_path / "o").to_table(columns=["concurrency", "finished_at"]).to_pylist()
+    rows.sort(key=lambda r: r["finished_at"])
+    assert len(rows) == 900
+    last = [int(r["concurrency"]) for r in rows[-100:]]
+    assert max(last) <= 8 + 8, last  # 8 running + at most twice the queue it wants (4)
