@@ -30,7 +30,8 @@ Regimes, read from the server's ``/metrics`` (``metrics.py``):
   price of keeping the gateway's bucket drained (a 429 costs a round trip, an unspent token
   an answer). Grow back by one request a step once a second has passed without a 429.
 - **no metrics** (none served, or none answered lately): steer by latency (AIMD): grow
-  while the recent median latency is within 1.5x of the best seen, cut 20% past 2x.
+  while the recent median latency is within 1.3x of the best seen, cut 20% past 1.7x (the
+  queue then costs under ~0.7 of a service time).
 
 Every signal carries the time its evidence was gathered. After a change, evidence counts
 only once our requests in flight have met the new limit (more sent, or the excess drained)
@@ -181,11 +182,12 @@ class AutoConcurrency:
         median = statistics.median(recent)
         self._best = median if self._best is None else min(self._best, median)
         seen = f"median latency {median:.3g}s, best {self._best:.3g}s"
-        if median > 2.0 * self._best:
+        if median > 1.7 * self._best:
             self.saw_queue = True
-            return self._move(self.limit * 0.8, "queueing", "latency past 2x its best", seen, now)
-        if median > 1.5 * self._best:
-            return self._move(self.limit, "queueing", "latency 1.5-2x its best: holding", seen, now)
+            return self._move(self.limit * 0.8, "queueing", "latency past 1.7x its best", seen, now)
+        if median > 1.3 * self._best:
+            why = "latency 1.3-1.7x its best: holding"
+            return self._move(self.limit, "queueing", why, seen, now)
         return self._maybe_grow(in_flight, "room", "latency near its best", seen, now)
 
     def on_throttle(self, sent_at: float, now: float) -> None:
