@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ import pyarrow.dataset as ds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import make_images
-from saturation import sim
+from saturation import command, sim
 
 RIG = Path(os.environ.get("CAPTION_VLLM_HOME", Path.home() / ".cache" / "caption-vllm"))
 LATENCY = 0.25
@@ -60,12 +59,7 @@ class Run:
 
 
 def caption(urls: list[str], images: Path, out: Path, *flags: str) -> Run:
-    shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pipeline", "run", "--input", str(images), "--output", str(out),
-           "--prompt", "Describe.", "--no-progress", *flags]  # fmt: skip
-    for url in urls:
-        cmd += ["--endpoint", url]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    p = subprocess.run(command(urls, images, out, *flags), capture_output=True, text=True)
     if p.returncode not in (0, 1):
         print(p.stderr[-3000:], file=sys.stderr)
     rows = ds.dataset(out).to_table(columns=["status", "started_at", "finished_at"]).to_pylist()

@@ -57,13 +57,19 @@ class Run(NamedTuple):
         return float(self.summary.split()[2].rstrip("s,"))
 
 
-def run(urls: list[str], images: Path, out: Path, *flags: str) -> Run:
-    """`caption run` over `images` into a fresh `out` against `urls`, with `flags`."""
+def command(urls: list[str], images: Path, out: Path, *flags: str) -> list[str]:
+    """`caption run` over `images` into a fresh `out` (removed first) against `urls`."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "pipeline", "run", "--input", str(images), "--output", str(out),
            "--prompt", "Describe.", "--no-progress", *flags]  # fmt: skip
     for url in urls:
         cmd += ["--endpoint", url]
+    return cmd
+
+
+def run(urls: list[str], images: Path, out: Path, *flags: str) -> Run:
+    """`caption run` over `images` into a fresh `out` against `urls`, with `flags`."""
+    cmd = command(urls, images, out, *flags)
     launched, t0 = time.time(), time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, check=True)
     wall = time.monotonic() - t0
