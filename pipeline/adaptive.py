@@ -134,7 +134,7 @@ class AutoConcurrency:
         return self.settled_at >= self.changed_at and gathered_at >= self.settled_at
 
     # -- decisions -------------------------------------------------------------------------
-    def on_load(self, load: ServerLoad, in_flight: int, gathered_at: float, now: float) -> Move:
+    def on_load(self, load: ServerLoad, in_flight: int, now: float) -> Move:
         """One control step on a fresh /metrics sample (the caller checks ``fresh``)."""
         seen = describe(load)
         running, waiting = load.running, load.waiting

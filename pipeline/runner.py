@@ -139,10 +139,11 @@ class Runner:
     async def _pipeline(self, cache: HashCache, done: set[str], collector: Collector) -> None:
         fixed = self.job.run.concurrency
         n = fixed or self.job.run.max_concurrency  # workers; the limiter sets how many send
-        limiter = anyio.CapacityLimiter(n if fixed else min(AUTO_START, n))
+        auto = None if fixed else AutoConcurrency(maximum=n, limit=min(AUTO_START, n))
+        limiter = anyio.CapacityLimiter(auto.limit if auto else n)
         self.tally.concurrency = int(limiter.total_tokens)
-        if not fixed:
-            self.tally.concurrency_bounds = f"auto 1-{n}"
+        if auto is not None:
+            self.tally.concurrency_bounds = f"auto {auto.minimum}-{auto.maximum}"
         files_tx, files_rx = anyio.create_memory_object_stream[ImageFile](256)
         items_tx, items_rx = anyio.create_memory_object_stream[RequestItem](min(n, 32))
         rows_tx, rows_rx = anyio.create_memory_object_stream[Row](2 * n + 16)
@@ -180,9 +181,9 @@ class Runner:
         ]
         self._routes = routes
         steering = None
-        if not fixed:
+        if auto is not None:
             steering = Steering(
-                AutoConcurrency(maximum=n, limit=int(limiter.total_tokens)),
+                auto,
                 limiter,
                 probe_client,
                 lambda: [r.url for r in routes if not r.breaker.is_open],

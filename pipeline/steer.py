@@ -75,9 +75,7 @@ class Steering:
         self.on_limit = on_limit
         self.report = SteerReport()
         self.use_metrics = True
-        self._sample: tuple[float, ServerLoad] | None = None  # (gathered at, load)
-        self._sample_seq = 0
-        self._used_seq = 0
+        self._sample: tuple[float, ServerLoad] | None = None  # (gathered at, load), unread
         self._answered_at = time.monotonic()  # last /metrics answer (or the start)
         self._regime_since = time.monotonic()
         self._holds = 0  # control steps in a row that held the limit
@@ -111,13 +109,9 @@ class Steering:
         """One step on the freshest evidence: a new /metrics sample, else (without /metrics, or
         none answered lately) the latencies."""
         auto = self.auto
-        if self.use_metrics and self._sample_seq > self._used_seq:
-            self._used_seq = self._sample_seq
-            assert self._sample is not None
-            gathered_at, load = self._sample
-            return (
-                auto.on_load(load, in_flight, gathered_at, now) if auto.fresh(gathered_at) else None
-            )
+        if self._sample is not None:
+            (gathered_at, load), self._sample = self._sample, None  # each sample is read once
+            return auto.on_load(load, in_flight, now) if auto.fresh(gathered_at) else None
         if self.use_metrics and now - self._answered_at <= METRICS_ABSENT_S:
             return None  # the next sample is on its way
         if self.use_metrics and self.report.source != "latency (no /metrics answer)":
@@ -142,7 +136,6 @@ class Steering:
                 load = combine(loads)
                 self._answered_at = time.monotonic()
                 self._sample = (started, load)
-                self._sample_seq += 1
                 self.report.source = f"{load.server} /metrics"
 
     async def _fetch_all(self) -> list[ServerLoad] | None:

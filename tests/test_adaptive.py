@@ -48,7 +48,7 @@ def test_metrics_mode_reactions(
 ) -> None:
     """With the server's gauges the limit grows, holds or shrinks as documented."""
     auto = settled(saw_queue=saw_queue)
-    move = auto.on_load(load, in_flight, 1.0, 1.0)
+    move = auto.on_load(load, in_flight, 1.0)
     assert (move.new, move.regime) == (expected, regime)
     assert auto.limit == expected
 
@@ -57,13 +57,13 @@ def test_requests_the_server_has_not_counted_yet_are_queued_too() -> None:
     """Ours in flight beyond running + waiting (on the wire, in vLLM's API server) count as
     queue: no doubling before the server has seen them, and they are part of the excess."""
     auto = settled(limit=64)
-    hold = auto.on_load(ServerLoad(0, 0, 0.0), 64, 1.0, 1.0)
+    hold = auto.on_load(ServerLoad(0, 0, 0.0), 64, 1.0)
     assert (hold.new, hold.regime) == (64, "room") and "not counted yet" in hold.why
     auto = settled(limit=100, saw_queue=True)
-    cut = auto.on_load(ServerLoad(6, 20, 0.92), 100, 1.0, 1.0)  # 74 unseen
+    cut = auto.on_load(ServerLoad(6, 20, 0.92), 100, 1.0)  # 74 unseen
     assert cut.new == 25  # toward 100 - (20 - 3 + 74) = 9, at most 75% a step
     auto.settle(25, 2.0)
-    cut = auto.on_load(ServerLoad(6, 10, 0.92), 25, 2.5, 2.5)  # 9 unseen
+    cut = auto.on_load(ServerLoad(6, 10, 0.92), 25, 2.5)  # 9 unseen
     assert cut.new == 8  # running 6 + the kv-bound queue (2)
 
 
@@ -74,7 +74,7 @@ def test_queue_cut_never_sinks_below_the_running_batch() -> None:
             if running + waiting > limit:  # our own requests: limit >= running + waiting
                 continue
             auto = settled(limit=limit, saw_queue=True)
-            move = auto.on_load(ServerLoad(running, waiting, 0.95), limit, 1.0, 1.0)
+            move = auto.on_load(ServerLoad(running, waiting, 0.95), limit, 1.0)
             assert move.new >= running, (limit, running, waiting, move)
 
 
@@ -82,7 +82,7 @@ def test_preemptions_mean_overload_only_when_frequent() -> None:
     """A preemption now and then is a full cache's normal life; one in four finished, judged
     over at least two batches, is too much."""
     auto = settled(limit=40, saw_queue=True)
-    auto.on_load(ServerLoad(30, 10, 0.98, preemptions=100), 40, 1.0, 1.0)  # the baseline
+    auto.on_load(ServerLoad(30, 10, 0.98, preemptions=100), 40, 1.0)  # the baseline
     for t, (preempted, regime, new) in enumerate(
         [(103, "kv-bound", 40),  # 3 of 20: too few answers to judge
          (110, "kv-bound", 40),  # 10 of 60 over two batches: normal
@@ -92,7 +92,7 @@ def test_preemptions_mean_overload_only_when_frequent() -> None:
     ):  # fmt: skip
         for _ in range(20 if t != 3 else 40):
             auto.observe_latency(float(t), 0.3)
-        move = auto.on_load(ServerLoad(30, 10, 0.98, preemptions=preempted), 40, t, t)
+        move = auto.on_load(ServerLoad(30, 10, 0.98, preemptions=preempted), 40, t)
         assert (move.regime, move.new) == (regime, new), (t, move)
     assert "16 preempted / 40 finished" in move.seen and "preempt" in move.why
 
@@ -100,21 +100,21 @@ def test_preemptions_mean_overload_only_when_frequent() -> None:
 def test_after_overload_growth_waits_then_goes_one_at_a_time() -> None:
     """After an overload the limit holds for a few quiet samples, then grows by one."""
     auto = settled(limit=20, saw_queue=True)
-    auto.on_load(ServerLoad(20, 0, 0.9, preemptions=0), 20, 1.0, 1.0)
-    auto.on_load(ServerLoad(20, 5, 1.0, preemptions=50), 20, 2.0, 2.0)  # plainly thrashing
+    auto.on_load(ServerLoad(20, 0, 0.9, preemptions=0), 20, 1.0)
+    auto.on_load(ServerLoad(20, 5, 1.0, preemptions=50), 20, 2.0)  # plainly thrashing
     assert auto.limit == 18
     news = []
     for t in range(3, 9):
         auto.settled_at = float(t)
         news.append(auto.on_load(ServerLoad(auto.limit, 0, 0.9, preemptions=50), auto.limit,
-                                 float(t), float(t)).new)  # fmt: skip
+                                 float(t)).new)  # fmt: skip
     assert news == [18, 18, 18, 19, 20, 21]
 
 
 def test_stale_evidence_is_not_fresh_until_the_change_took_effect() -> None:
     """After a raise, a sample counts once in-flight met the limit and it was taken after."""
     auto = settled(limit=16)
-    auto.on_load(ServerLoad(16, 0, 0.1), 16, 1.0, 1.0)  # doubles to 32 at t=1
+    auto.on_load(ServerLoad(16, 0, 0.1), 16, 1.0)  # doubles to 32 at t=1
     assert auto.limit == 32 and not auto.fresh(1.5)
     auto.settle(20, 1.2)  # not yet in use
     assert not auto.fresh(1.5)
@@ -126,14 +126,14 @@ def test_stale_evidence_is_not_fresh_until_the_change_took_effect() -> None:
 def test_a_cut_settles_when_the_excess_has_drained() -> None:
     """After a cut, in-flight must fall to the new limit (or time out) before evidence counts."""
     auto = settled(limit=64, saw_queue=True)
-    auto.on_load(ServerLoad(6, 58, 0.92), 64, 1.0, 1.0)
+    auto.on_load(ServerLoad(6, 58, 0.92), 64, 1.0)
     assert auto.limit == 16
     auto.settle(40, 1.5)
     assert not auto.fresh(1.6)
     auto.settle(16, 1.8)
     assert auto.fresh(1.9)
     auto = settled(limit=64, saw_queue=True)
-    auto.on_load(ServerLoad(6, 58, 0.92), 64, 1.0, 1.0)
+    auto.on_load(ServerLoad(6, 58, 0.92), 64, 1.0)
     auto.settle(60, 2.5)  # a hang: never drains; after max(1 s, 2 x latency) it counts anyway
     assert auto.fresh(2.6)
 
@@ -159,9 +159,9 @@ def test_throttles_cut_to_what_got_through_and_pause_growth() -> None:
     for _ in range(28):
         auto.observe_latency(3.2, 0.2)
     assert auto.on_throttles(3.4) is None  # 2 of 30: the price of a drained bucket
-    hold = auto.on_load(ServerLoad(10, 0, 0.2), 10, 3.5, 3.5)
+    hold = auto.on_load(ServerLoad(10, 0, 0.2), 10, 3.5)
     assert (hold.new, hold.regime) == (10, "throttled")  # a 429 within the last second
-    assert auto.on_load(ServerLoad(10, 0, 0.2), 10, 4.5, 4.5).new == 11  # careful: one more
+    assert auto.on_load(ServerLoad(10, 0, 0.2), 10, 4.5).new == 11  # careful: one more
 
 
 def test_latency_mode() -> None:
@@ -186,15 +186,15 @@ def test_latency_mode() -> None:
 def test_bounds_are_respected() -> None:
     """The limit never leaves [minimum, maximum]."""
     auto = settled(limit=18, minimum=2, maximum=20)
-    assert auto.on_load(ServerLoad(18, 0, 0.0), 18, 1.0, 1.0).new == 20
+    assert auto.on_load(ServerLoad(18, 0, 0.0), 18, 1.0).new == 20
     auto = settled(limit=2, minimum=2, maximum=20, saw_queue=True)
-    assert auto.on_load(ServerLoad(1, 50, 0.0), 2, 1.0, 1.0).new == 2
+    assert auto.on_load(ServerLoad(1, 50, 0.0), 2, 1.0).new == 2
 
 
 def test_a_move_explains_itself() -> None:
     """A move reads as old -> new, the regime, the evidence and the reason."""
     auto = settled(limit=64, saw_queue=True)
-    text = str(auto.on_load(ServerLoad(6, 58, 0.92), 64, 1.0, 1.0))
+    text = str(auto.on_load(ServerLoad(6, 58, 0.92), 64, 1.0))
     assert text.startswith("concurrency 64 -> 16: kv-bound [running 6, waiting 58, KV 0.92]")
     assert "dropping the excess" in text
 

@@ -9,7 +9,9 @@ import os
 import signal
 import sys
 import tempfile
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from .config import METRICS_FLAVOURS, FaultConfig, SimConfig
 from .runner import serve
@@ -53,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--latency", type=float, default=d.latency, help="service seconds per request")
     add("--per-token", type=float, default=d.per_token, help="extra seconds per output token")
     add("--jitter", type=float, default=d.jitter, help="service time spread, 0.1 = +-10%%")
-    add("--kv-tokens", type=int, default=d.kv_capacity_tokens, dest="kv_tokens",
+    add("--kv-tokens", type=int, default=d.kv_capacity_tokens, dest="kv_capacity_tokens",
         help="KV cache size in tokens; a request holds prompt + generated tokens while it runs, "
         "and is admitted only while the cache has room (small = a KV-bound server)")  # fmt: skip
     add("--metrics", choices=METRICS_FLAVOURS, default=d.metrics,
@@ -71,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="the gateway's bucket size (default: one second's worth)",
     )
-    add("--capacity-change", type=_change, action="append", default=[],
+    add("--capacity-change", type=_change, action="append", default=[], dest="capacity_changes",
         metavar="AT:SLOTS[:KV_TOKENS]", help="at AT seconds after start, change the slots "
         "and/or the KV cache (repeatable; e.g. 20:32 or 20::4000)")  # fmt: skip
     add("--caption-words", type=int, default=d.caption_words, help="caption length in words")
@@ -87,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ):
         add(
             f"--fault-{flag}",
-            dest=f"fault_{kind}",
+            dest=kind,
             type=float,
             default=0.0,
             metavar="P",
@@ -106,36 +108,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
-    faults = FaultConfig(
-        error_429=args.fault_error_429,
-        error_500=args.fault_error_500,
-        error_503=args.fault_error_503,
-        reset=args.fault_reset,
-        hang=args.fault_hang,
-        malformed=args.fault_malformed,
-        empty_choices=args.fault_empty_choices,
-        retry_after=args.retry_after,
-        down=tuple(args.down),
-    )
-    return SimConfig(
-        host=args.host,
-        port=args.port,
-        model=args.model,
-        max_model_len=args.max_model_len,
-        slots=args.slots,
-        latency=args.latency,
-        per_token=args.per_token,
-        jitter=args.jitter,
-        caption_words=args.caption_words,
-        seed=args.seed,
-        faults=faults,
-        kv_capacity_tokens=args.kv_tokens,
-        metrics=args.metrics,
-        metrics_delay=args.metrics_delay,
-        gateway_rate=args.gateway_rate,
-        gateway_burst=args.gateway_burst,
-        capacity_changes=tuple(args.capacity_change),
-    )
+    """The flags as a SimConfig: each flag's dest is the name of the field it sets."""
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()}
+
+    def pick(cls: type[Any]) -> dict[str, Any]:
+        return {f.name: given[f.name] for f in fields(cls) if f.name in given}
+
+    return SimConfig(**pick(SimConfig), faults=FaultConfig(**pick(FaultConfig)))
 
 
 def _write_port_file(path: Path, port: int) -> None:
