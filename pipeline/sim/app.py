@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import routes
+from . import routes, structured_faults
 from .config import FAULT_KINDS, FaultConfig, SimConfig
 from .engine import Engine
 from .gateway import TokenBucket
@@ -48,6 +48,8 @@ class SimApp:
         self.started_wall = int(time.time())
         self._fault_rng = random.Random(config.seed)
         self._id_rng = random.Random(config.seed + 2)
+        self._schema_rng = random.Random(config.seed + 3)
+        self._schema_turn = 0
         self._any_fault = False
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
@@ -86,6 +88,16 @@ class SimApp:
         if not self._any_fault:
             return None
         return self.faults.pick(self._fault_rng.random())
+
+    def draw_schema_fault(self) -> str | None:
+        """For a structured-output request without another fault: the bad-answer kind, the
+        kinds of `structured_faults.KINDS` in turn, or None (a good answer)."""
+        chance = self.faults.schema
+        if chance <= 0 or self._schema_rng.random() >= chance:
+            return None
+        kinds = structured_faults.KINDS
+        self._schema_turn += 1
+        return kinds[(self._schema_turn - 1) % len(kinds)]
 
     def new_id(self) -> str:
         return f"chatcmpl-{self._id_rng.getrandbits(64):016x}"

@@ -7,7 +7,8 @@ Prompt token count (an approximation; the real tokenizer is not available):
                   + 260 per image (256 soft tokens + 4 wrapper tokens, like real Gemma 3)
 
 Images must be `data:` URIs; they are base64-decoded (strictly) and only their header is read
-(`imagesize`, no full decode), which gives the size and rejects non-images.
+(`imagesize`, no full decode), which gives the size and rejects non-images. ``response_format``
+is parsed by `response_format` (json_object / json_schema, or None for plain text).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from . import errors
 from .errors import ApiError
 from .imagesize import image_size
+from .response_format import ResponseFormat, check_constraint, parse_response_format
 
 TOKENS_PER_IMAGE = 256 + 4
 TOKENS_PER_MESSAGE = 4
@@ -50,6 +52,7 @@ class ChatRequest:
     prompt_tokens: int
     prompt_text: str
     images: tuple[ImageInfo, ...]
+    response_format: ResponseFormat | None = None  # None: a free-text answer
 
 
 def text_tokens(text: str) -> int:
@@ -57,8 +60,11 @@ def text_tokens(text: str) -> int:
     return math.ceil(len(text.encode("utf-8")) / 4)
 
 
-def parse_chat(raw: bytes, model: str, max_model_len: int) -> ChatRequest:
-    """Validate `raw` (the request body) or raise `ApiError` with vLLM's exact answer."""
+def parse_chat(
+    raw: bytes, model: str, max_model_len: int, *, structured_outputs: bool = True
+) -> ChatRequest:
+    """Validate `raw` (the request body) or raise `ApiError` with vLLM's exact answer;
+    `structured_outputs` False rejects json_schema / json_object response formats."""
     try:
         body = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -68,6 +74,7 @@ def parse_chat(raw: bytes, model: str, max_model_len: int) -> ChatRequest:
     if not isinstance(body, dict):
         msg = "Input should be a valid dictionary or object to extract fields from"
         raise ApiError(400, f"1 validation error:\n  {msg}", "Bad Request", "body")
+    response_format = parse_response_format(body, enabled=structured_outputs)
     if "messages" not in body:
         raise errors.missing_field("messages", body)
     messages = body["messages"]
@@ -89,6 +96,7 @@ def parse_chat(raw: bytes, model: str, max_model_len: int) -> ChatRequest:
     _check_alternation(messages)
     if prompt_tokens > max_model_len:
         raise errors.prompt_too_long(prompt_tokens, max_model_len)
+    check_constraint(response_format)
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
     return ChatRequest(
@@ -98,6 +106,7 @@ def parse_chat(raw: bytes, model: str, max_model_len: int) -> ChatRequest:
         prompt_tokens=prompt_tokens,
         prompt_text=prompt_text,
         images=images,
+        response_format=response_format,
     )
 
 

@@ -43,6 +43,12 @@ def _change(text: str) -> tuple[float, int | None, int | None]:
     return at, slots, kv
 
 
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the simulator's flags to `parser`."""
     d = SimConfig()
@@ -77,6 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="AT:SLOTS[:KV_TOKENS]", help="at AT seconds after start, change the slots "
         "and/or the KV cache (repeatable; e.g. 20:32 or 20::4000)")  # fmt: skip
     add("--caption-words", type=int, default=d.caption_words, help="caption length in words")
+    add("--structured-outputs", type=_on_off, default=d.structured_outputs, metavar="on|off",
+        help="on (default): a response_format json_schema is answered with JSON valid against "
+        "the schema, derived from the image's sha256 (json_object: {\"answer\": ...}); off: "
+        "such requests get 400 naming response_format, as from a server without structured "
+        "outputs")  # fmt: skip
     add("--seed", type=int, default=d.seed, help="seed for faults, jitter and ids")
     for kind, flag in (
         ("error_429", "429"),
@@ -95,6 +106,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             metavar="P",
             help=f"probability of a {kind} fault per chat request",
         )
+    add("--fault-schema", dest="schema", type=float, default=0.0, metavar="P",
+        help="probability that a structured-output request gets a bad 200 answer, these in "
+        "turn: prose around the JSON, a required property missing, JSON cut off (finish_reason "
+        "stop), a value of the wrong type, a value outside its enum")  # fmt: skip
     add("--retry-after", type=float, default=None, help="Retry-After seconds on 429/503")
     add(
         "--down",

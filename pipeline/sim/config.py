@@ -28,6 +28,9 @@ class FaultConfig:
 
     One uniform number is drawn per chat request; the probabilities are stacked in the order
     of `FAULT_KINDS`, so their sum should stay <= 1 (anything beyond 1 never fires).
+    `schema` is drawn apart (its own seeded generator), only for structured-output requests
+    that drew no other fault: such a request then gets a bad answer, the kinds of
+    `structured_faults.KINDS` in turn (not JSON, or JSON that breaks the schema).
     `down` holds (start_seconds_after_server_start, duration_seconds) windows during which
     the listening socket is closed and open connections are dropped.
     """
@@ -39,12 +42,13 @@ class FaultConfig:
     hang: float = 0.0
     malformed: float = 0.0
     empty_choices: float = 0.0
+    schema: float = 0.0  # a bad answer to a structured-output request (see structured_faults)
     retry_after: float | None = None
     hang_seconds: float = 3600.0
     down: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
-        for kind in FAULT_KINDS:
+        for kind in (*FAULT_KINDS, "schema"):
             value = getattr(self, kind)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"fault probability {kind}={value} is not within 0..1")
@@ -105,6 +109,7 @@ class SimConfig:
     gateway_burst: int = 0  # its token bucket's size; 0 = one second's worth
     # (seconds after server start, slots or None, KV tokens or None): capacity changes
     capacity_changes: tuple[tuple[float, int | None, int | None], ...] = ()
+    structured_outputs: bool = True  # False: response_format json_schema/json_object is a 400
 
     def __post_init__(self) -> None:
         if self.slots < 1:

@@ -88,6 +88,7 @@ class Stats:
     completed: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
+    schema_faults: Counter[str] = field(default_factory=Counter)  # by kind applied
     in_flight: int = 0
     max_running: int = 0
     max_waiting: int = 0
@@ -291,6 +292,7 @@ class Engine:
             "completed": s.completed,
             "errors": dict(s.errors),
             "faults": dict(s.faults),
+            "schema_faults": dict(s.schema_faults),
             "in_flight": s.in_flight,
             "running": len(self.running),
             "waiting": len(self.waiting),

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+# vLLM's validation handler reports at most 10 errors, each up to 1000 characters, and
+# describes containers (and cuts long strings) instead of echoing them in `input`.
+_MAX_REPORTED = 10
+_MAX_ERROR_CHARS = 1000
+_MAX_INPUT_CHARS = 200
 
 
 class ApiError(Exception):
@@ -48,6 +55,32 @@ def validation(kind: str, field: str, msg: str, body: dict[str, Any]) -> ApiErro
     return ApiError(400, f"1 validation error:\n  {detail}", "Bad Request", f"body.{field}")
 
 
+def error_input(value: Any) -> str:
+    """A validation error's `input`, as vLLM summarises it (``<dict of 2 items>``, ``'xml'``)."""
+    if isinstance(value, dict | list | tuple):
+        return f"<{type(value).__name__} of {len(value)} items>"
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > _MAX_INPUT_CHARS:
+        return text[:_MAX_INPUT_CHARS] + "...[truncated]"
+    return text
+
+
+def validation_errors(details: Sequence[Mapping[str, Any]]) -> ApiError:
+    """Several pydantic validation errors (each ``{"type", "loc", "msg", "input"[, "ctx"]}``,
+    `loc` dotted); `param` is the first one's `loc`."""
+    label = "error" if len(details) == 1 else "errors"
+    lines = []
+    for detail in details[:_MAX_REPORTED]:
+        text = str(dict(detail))
+        if len(text) > _MAX_ERROR_CHARS:
+            text = text[:_MAX_ERROR_CHARS] + "...[truncated]"
+        lines.append(f"\n  {text}")
+    if len(details) > _MAX_REPORTED:
+        lines.append(f"\n  ...and {len(details) - _MAX_REPORTED} more {label}")
+    message = f"{len(details)} validation {label}:" + "".join(lines)
+    return ApiError(400, message, "Bad Request", str(details[0]["loc"]))
+
+
 def missing_field(field: str, body: dict[str, Any]) -> ApiError:
     return validation("missing", field, "Field required", body)
 
@@ -89,6 +122,33 @@ def prompt_too_long(tokens: int, max_model_len: int) -> ApiError:
 
 def roles_not_alternating() -> ApiError:
     return bad_request("Conversation roles must alternate user/assistant/user/assistant/...")
+
+
+def json_schema_missing() -> ApiError:
+    """``response_format`` of type json_schema without its ``json_schema`` object."""
+    message = (
+        "When response_format type is 'json_schema', the 'json_schema' field must be provided."
+        " (parameter=response_format)"
+    )
+    return bad_request(message, "response_format")
+
+
+def no_structured_constraint() -> ApiError:
+    """A ``json_schema`` whose ``schema`` is missing or null: vLLM's StructuredOutputsParams
+    then holds no constraint (its ``__dict__`` is part of the message)."""
+    fields = (
+        "{'json': None, 'regex': None, 'choice': None, 'grammar': None, 'json_object': None, "
+        "'disable_any_whitespace': False, 'disable_additional_properties': False, "
+        "'whitespace_pattern': None, 'structural_tag': None, '_backend': None, "
+        "'_backend_was_auto': False}"
+    )
+    message = "You must use one kind of structured outputs constraint but none are specified: "
+    return bad_request(message + fields)
+
+
+def structured_outputs_off() -> ApiError:
+    """A server without structured outputs (not vLLM: it always has them)."""
+    return bad_request("response_format is not supported by this server", "response_format")
 
 
 def not_an_image() -> ApiError:

@@ -5,6 +5,12 @@ The caption starts with a marker that proves which image was received, e.g.
 where ``3fa9c1d2e4b5`` is ``sha256(decoded image bytes).hexdigest()[:12]`` of the first image.
 The marker is within the first 7 words, so it survives ``max_tokens >= 7``. One word counts as
 one completion token.
+
+A structured-output request (``response_format`` json_schema / json_object) is answered with
+the JSON text of `structured` (or, for a ``--fault-schema`` fault, of `structured_faults`),
+counted like any text: ``ceil(utf-8 bytes / 4)`` tokens. Past ``max_tokens`` (or the context)
+it is cut at ``limit * 4`` bytes, on a character boundary, with finish_reason "length": a
+cut-off JSON, as a real server sends it. It streams in pieces of about 4 bytes (one a token).
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from dataclasses import dataclass
 from itertools import cycle, islice
 from typing import Any
 
-from .chat import ChatRequest
+from . import structured_faults
+from .chat import ChatRequest, text_tokens
+from .structured import answer_text, structured_answer
 
 SYSTEM_FINGERPRINT = "vllm-0.32.0-sim"
 PROMPT_WORDS = 8
@@ -23,20 +31,34 @@ FILLER = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing",
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """The words generated for one request and why generation stopped."""
+    """The text generated for one request: its pieces (one a token, as streamed; joined, the
+    content), the completion tokens, why generation stopped, and the ``--fault-schema`` kind
+    applied to a structured answer (None: a good answer)."""
 
-    words: tuple[str, ...]
+    pieces: tuple[str, ...]
+    tokens: int
     finish_reason: str
+    schema_fault: str | None = None
 
     @property
     def content(self) -> str:
-        return " ".join(self.words)
+        return "".join(self.pieces)
 
 
 def generate(
-    model: str, request: ChatRequest, caption_words: int, max_model_len: int
+    model: str,
+    request: ChatRequest,
+    caption_words: int,
+    max_model_len: int,
+    schema_fault: str | None = None,
 ) -> Completion:
-    """The simulated caption, cut at `max_tokens` and at the context length."""
+    """The simulated answer, cut at `max_tokens` and at the context length: a caption, or
+    for a structured-output request its JSON (broken as `schema_fault` says, if given)."""
+    limit = max(0, max_model_len - request.prompt_tokens)
+    if request.max_tokens is not None:
+        limit = min(limit, request.max_tokens)
+    if request.response_format is not None:
+        return _structured(request, limit, schema_fault)
     head = ["[simulated", "caption", "by", f"{model}]"]
     if request.images:
         image = request.images[0]
@@ -45,12 +67,45 @@ def generate(
         head += ["no", "image"]
     head += ["—", "prompt:", *request.prompt_text.split()[:PROMPT_WORDS], "—"]
     words = [*head, *islice(cycle(FILLER), max(0, caption_words - len(head)))][:caption_words]
-    limit = max(0, max_model_len - request.prompt_tokens)
-    if request.max_tokens is not None:
-        limit = min(limit, request.max_tokens)
-    if len(words) > limit:
-        return Completion(tuple(words[:limit]), "length")
-    return Completion(tuple(words), "stop")
+    reason = "length" if len(words) > limit else "stop"
+    words = words[:limit]
+    pieces = tuple(word if i == 0 else " " + word for i, word in enumerate(words))
+    return Completion(pieces, len(words), reason)
+
+
+def _structured(request: ChatRequest, limit: int, fault: str | None) -> Completion:
+    rf = request.response_format
+    assert rf is not None
+    sha12 = request.images[0].sha12 if request.images else None
+    if fault is None:
+        text = answer_text(structured_answer(rf.schema, sha12, request.prompt_text))
+    else:
+        fault, text = structured_faults.bad_answer(fault, rf.schema, sha12, request.prompt_text)
+    reason = "stop"
+    if text_tokens(text) > limit:
+        text = cut_utf8(text, limit * 4)
+        reason = "length"
+    return Completion(token_pieces(text), text_tokens(text), reason, fault)
+
+
+def cut_utf8(text: str, max_bytes: int) -> str:
+    """The longest prefix of `text` within `max_bytes` UTF-8 bytes (whole characters)."""
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
+
+
+def token_pieces(text: str) -> tuple[str, ...]:
+    """`text` in consecutive pieces of at least 4 UTF-8 bytes (the last may be shorter),
+    whole characters each: the tokens a streamed answer is sent in."""
+    pieces: list[str] = []
+    start = size = 0
+    for index, char in enumerate(text):
+        size += len(char.encode("utf-8"))
+        if size >= 4:
+            pieces.append(text[start : index + 1])
+            start, size = index + 1, 0
+    if start < len(text):
+        pieces.append(text[start:])
+    return tuple(pieces)
 
 
 def _dumps(data: dict[str, Any]) -> bytes:
@@ -72,7 +127,7 @@ def completion_body(
     choices: list[dict[str, Any]] = []
     completion_tokens = 0
     if completion is not None:
-        completion_tokens = len(completion.words)
+        completion_tokens = completion.tokens
         message = {
             "role": "assistant",
             "content": completion.content,
@@ -155,5 +210,5 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 
 def stream_deltas(completion: Completion) -> list[str]:
-    """Content deltas, one per word; concatenated they equal `completion.content`."""
-    return [word if i == 0 else " " + word for i, word in enumerate(completion.words)]
+    """Content deltas, one per token; concatenated they equal `completion.content`."""
+    return list(completion.pieces)

@@ -3,7 +3,10 @@
 Faults apply only to POST /v1/chat/completions. One fault kind is drawn per request (see
 `FaultConfig.pick`). 429, 503, reset and hang act at once, before validation; 500,
 malformed and empty_choices are answered after the request has held a slot for its service
-time. `stats["errors"]` counts every non-200 answer to a chat request, injected or not.
+time. A valid structured-output request that drew none of them may then draw a schema fault
+(`SimApp.draw_schema_fault`): a 200 whose answer is not JSON or breaks the schema, counted in
+`stats["faults"]["schema"]` and, by kind applied, `stats["schema_faults"]`.
+`stats["errors"]` counts every non-200 answer to a chat request, injected or not.
 """
 
 from __future__ import annotations
@@ -211,11 +214,21 @@ async def _chat(app: SimApp, request: web.Request, raw: bytes) -> web.StreamResp
         _drop(request, rst=False)
     cfg = app.config
     try:
-        chat = parse_chat(raw, cfg.model, cfg.max_model_len)
+        chat = parse_chat(
+            raw, cfg.model, cfg.max_model_len, structured_outputs=cfg.structured_outputs
+        )
     except ApiError as exc:
         return _error(app, exc)
-    completion = responses.generate(cfg.model, chat, cfg.caption_words, cfg.max_model_len)
-    n_out = len(completion.words)
+    schema_fault = None
+    if fault is None and chat.response_format is not None:
+        schema_fault = app.draw_schema_fault()
+    completion = responses.generate(
+        cfg.model, chat, cfg.caption_words, cfg.max_model_len, schema_fault
+    )
+    if completion.schema_fault is not None:
+        app.engine.stats.faults["schema"] += 1
+        app.engine.stats.schema_faults[completion.schema_fault] += 1
+    n_out = completion.tokens
     cid = app.new_id()
     created = int(time.time())
     engine = app.engine
@@ -257,7 +270,7 @@ def _record_success(app: SimApp, chat: ChatRequest, completion: responses.Comple
     stats = app.engine.stats
     if chat.images:
         stats.images[chat.images[0].sha12] += 1
-    n_out = len(completion.words)
+    n_out = completion.tokens
     app.engine.record_success(chat.prompt_tokens, n_out, completion.finish_reason)
 
 
@@ -293,7 +306,7 @@ async def _stream(
             chunk = responses.sse_chunk(cid, created, model, {"content": delta}, reason)
             await stream.write(chunk)
         if chat.include_usage:
-            n_out = len(completion.words)
+            n_out = completion.tokens
             usage = responses.sse_usage(cid, created, model, chat.prompt_tokens, n_out)
             await stream.write(usage)
         await stream.write(responses.SSE_DONE)
