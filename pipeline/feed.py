@@ -1,10 +1,12 @@
-"""The feeding stages: input folder -> (walk) -> files -> (prepare) -> encoded request items.
+"""The feeding stages: input folder or manifest -> (walk) -> files -> (prepare) -> request items.
 
-The walk lists the tree in a worker thread, a batch at a time, and looks each file up in the
-hash cache. ``prepare`` works out each file's items (image x prompt) and their keys, skips the
-ones already done without reading the file when its size and mtime are unchanged, and
-otherwise reads, hashes and encodes it in a thread. Unreadable or undecodable files become
-``invalid`` rows here and never reach the server.
+The walk lists the tree (or streams the manifest's rows) in a worker thread, a batch at a time,
+and looks each file up in the hash cache. ``prepare`` works out each file's items (image x
+prompt) and their keys, skips the ones already done without reading the file when its size and
+mtime are unchanged, and otherwise reads, hashes and encodes it in a thread, once for all its
+prompts. Unreadable or undecodable files, and manifest rows that name a missing file or lack a
+variable their prompt uses, become ``invalid`` rows here and never reach the server. A manifest
+that cannot be parsed stops the run (``on_fatal``) with what was done so far saved.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import hashlib
 import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 from anyio.abc import ObjectSendStream
@@ -24,16 +27,18 @@ from .config import Job
 from .encode import EncodedImage, encode_image
 from .errors import InvalidImageError
 from .items import Pending, RequestItem, Row, RowMaker
+from .manifest import ManifestError, open_manifest, read_entries
 from .payload import key_from, settings_digest
 from .progress import Tally
 from .schema import STATUS_INVALID, utc_now
 from .state import HashCache
-from .templates import render, uses_variables
+from .templates import MissingVariable, names, render, uses_variables
 from .walker import ImageFile, walk_images
 
 WALK_BATCH = 256
 PREPARE_BATCH = 16  # files per thread hop at most...
 PREPARE_BATCH_BYTES = 1 << 20  # ...and about this many bytes
+WALK_BATCH_BYTES = 64 << 20  # a walk batch of manifest rows with embedded images ends here
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +83,10 @@ class Feed:
         tally: Tally,
         make_row: RowMaker,
         cpu: anyio.CapacityLimiter,
+        on_fatal: Callable[[str], None] = lambda _why: None,
     ) -> None:
         self.job = job
+        self.on_fatal = on_fatal  # the input cannot be read on: stop the run (exit 2)
         self.cache = cache
         self.done = done
         self.tally = tally
@@ -96,28 +103,59 @@ class Feed:
             )
             for p in job.prompts
         ]
+        self._names = [names(p.text) for p in job.prompts]  # the variables each prompt uses
 
     async def walk(self, tx: ObjectSendStream[ImageFile]) -> None:
         """List the tree in a thread, a batch at a time; files whose items are all done (by
         the hash cache) are counted and dropped there, never reaching the event loop."""
-        files: Iterator[ImageFile] = walk_images(self.job.input.root, self.job.input.patterns)
+        inp = self.job.input
+        files: Iterator[ImageFile] = (
+            walk_images(inp.root, inp.patterns)
+            if inp.manifest is None
+            else manifest_files(inp.manifest, inp.keep, set().union(*self._names))
+        )
         n_prompts = len(self.job.prompts)
 
+        def take() -> list[ImageFile]:
+            if inp.manifest is None:
+                return list(itertools.islice(files, WALK_BATCH))
+            batch: list[ImageFile] = []
+            size = 0
+            for f in itertools.islice(files, WALK_BATCH):
+                batch.append(f)
+                size += len(f.data or b"")
+                if size >= WALK_BATCH_BYTES:
+                    break
+            return batch
+
         def next_batch() -> tuple[int, int, list[ImageFile]]:
-            batch = list(itertools.islice(files, WALK_BATCH))
-            shas = self.cache.lookup_many(
-                [(f.relpath, f.size, f.mtime_ns, f.ctime_ns, f.ino) for f in batch]
+            batch = take()
+            on_disk = [f for f in batch if f.data is None and f.error is None]
+            cached = dict(
+                zip(
+                    (f.relpath for f in on_disk),
+                    self.cache.lookup_many(
+                        [(f.relpath, f.size, f.mtime_ns, f.ctime_ns, f.ino) for f in on_disk]
+                    ),
+                    strict=True,
+                )
             )
-            todo = [
-                f
-                for f, sha in zip(batch, shas, strict=True)
-                if sha is None or self.pending(f, sha, skip_done=True)
-            ]
+            todo = []
+            for f in batch:
+                sha = (
+                    cached.get(f.relpath) if f.data is None else hashlib.sha256(f.data).hexdigest()
+                )
+                if f.error is not None or sha is None or self.pending(f, sha, skip_done=True):
+                    todo.append(f)
             return len(batch), (len(batch) - len(todo)) * n_prompts, todo
 
         async with tx:
             while True:
-                seen, skipped, todo = await anyio.to_thread.run_sync(next_batch)
+                try:
+                    seen, skipped, todo = await anyio.to_thread.run_sync(next_batch)
+                except ManifestError as exc:
+                    self.on_fatal(str(exc))
+                    break
                 if not seen:
                     break
                 self.tally.images += seen
@@ -131,18 +169,30 @@ class Feed:
         done yet (keys are checked before any object is made: most files of a rerun have none)."""
         out = []
         for prompt, settings, request_settings, fixed_text in self._prompts:
-            text = fixed_text if fixed_text is not None else render(prompt.text, f.relpath)
+            error = None
+            if fixed_text is not None:
+                text = fixed_text
+            else:
+                try:
+                    text = render(prompt.text, f.relpath, f.variables)
+                except MissingVariable as exc:  # the key then holds the template itself
+                    text, error = prompt.text, f"the manifest row has no value for ${exc.args[0]}"
             key = key_from(settings, sha, f.relpath, text)
             if not (skip_done and key in self.done):
                 rkey = key_from(request_settings, sha, "", text)
-                out.append(Pending(key, prompt, text, rkey))
+                out.append(Pending(key, prompt, text, rkey, error))
         return out
 
     def _load(self, f: ImageFile) -> Loaded:
         """Read, hash, find the items still to do and encode, in one worker-thread hop."""
-        raw, sha = read_file(f.full)  # the walker's str: no Path per file
+        if f.error is not None:
+            raise InvalidImageError(f.error)
+        if f.data is not None:
+            raw, sha = f.data, hashlib.sha256(f.data).hexdigest()
+        else:
+            raw, sha = read_file(f.full)  # the walker's str: no Path per file
         todo = self.pending(f, sha, skip_done=True)
-        if not todo:
+        if all(p.error is not None for p in todo):
             return Loaded(sha, todo, None, None, 0.0)
         t0 = time.perf_counter()
         try:
@@ -186,17 +236,24 @@ class Feed:
                     if isinstance(got, InvalidImageError):  # unreadable: its bytes are unknown
                         await self._invalid(rows, f, None, self.pending(f, ""), str(got))
                         continue
-                    self.cache.remember(f.relpath, f.size, f.mtime_ns, got.sha, f.ctime_ns, f.ino)
+                    if f.data is None:
+                        self.cache.remember(
+                            f.relpath, f.size, f.mtime_ns, got.sha, f.ctime_ns, f.ino
+                        )
                     self.tally.skipped += n_prompts - len(got.todo)
+                    unusable = [p for p in got.todo if p.error is not None]
+                    usable = [p for p in got.todo if p.error is None]
+                    if unusable:
+                        await self._invalid(rows, f, got.sha, unusable, "")
                     if got.error is not None:
-                        await self._invalid(rows, f, got.sha, got.todo, got.error)
+                        await self._invalid(rows, f, got.sha, usable, got.error)
                         continue
                     if got.image is None:
                         continue
-                    for p in got.todo:  # keys were computed in the thread
+                    for p in usable:  # keys were computed in the thread; one image for all
                         item = RequestItem(
                             p.key, p.request_key, f.relpath, got.sha, p.prompt, p.text, got.image,
-                            got.encode_s, time.perf_counter(),
+                            got.encode_s, time.perf_counter(), f.keep,
                         )  # fmt: skip
                         await tx.send(item)
 
@@ -208,9 +265,34 @@ class Feed:
         items: list[Pending],
         error: str,
     ) -> None:
+        """An ``invalid`` row per item: ``error``, else the item's own (a missing variable)."""
         now = utc_now()
         for p in items:
             row = self.make_row(
-                p.key, f.relpath, sha, p.prompt, STATUS_INVALID, now, now, error=error, attempts=0
-            )
+                p.key, f.relpath, sha, p.prompt, STATUS_INVALID, now, now,
+                error=error or p.error, attempts=0, **(f.keep or {}),
+            )  # fmt: skip
             await rows.send(row)
+
+
+def manifest_files(path: Path, keep: tuple[str, ...], used: set[str]) -> Iterator[ImageFile]:
+    """A manifest's rows as ``ImageFile`` records: a file it names is stat'ed here (missing:
+    an ``error``); embedded bytes and row problems pass through. Raises ``ManifestError``
+    (with the line) when the manifest cannot be parsed on."""
+    for e in read_entries(open_manifest(path, keep, variables=used)):
+        variables, kept = e.variables, e.keep or None
+        if e.error is not None or e.data is not None or e.path is None:
+            error = e.error or (None if e.data is not None else f"line {e.line}: no image")
+            size = len(e.data) if e.data is not None else -1
+            yield ImageFile("", e.identity, size, 0, data=e.data, variables=variables,
+                            keep=kept, error=error)  # fmt: skip
+            continue
+        try:
+            info = os.stat(e.path)
+        except OSError as exc:
+            why = "file not found" if isinstance(exc, FileNotFoundError) else exc.strerror
+            yield ImageFile(e.path, e.identity, -1, 0, variables=variables, keep=kept,
+                            error=f"{why}: {e.path} (manifest line {e.line})")  # fmt: skip
+            continue
+        yield ImageFile(e.path, e.identity, info.st_size, info.st_mtime_ns, info.st_ctime_ns,
+                        info.st_ino, variables=variables, keep=kept)  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ class Pending:
     prompt: PromptConfig
     text: str
     request_key: str  # what is sent, whatever the path or prompt name (identical images)
+    error: str | None = None  # the text cannot be rendered (a manifest row lacks a variable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,7 @@ class RequestItem:
     image: EncodedImage
     encode_s: float
     ready_at: float  # perf_counter when it entered the request queue
+    keep: Mapping[str, Any] | None = None  # manifest columns copied into the row
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,10 @@ renamed into place the segment is deleted. At the next start, ``recover`` turns 
 whose part never landed into that part file, so a SIGKILL loses only the requests in flight
 and the answers not yet fsynced (those that arrived during the last group write; their count
 is not bounded, it depends on how fast the disk syncs): the rerun sends those again.
+
+The run's row schema (its own columns differ from job to job) is written beside its first
+segment as ``_caption_journal-<run_id>.arrow``, so ``recover`` rebuilds a crashed run's part
+with that run's column types; it goes when the run's last segment goes.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import IO, Any
 import pyarrow as pa
 
 from .schema import rows_to_table
-from .sink import fsync_dir, merged_name, part_name, write_atomic
+from .sink import atomic_file, fsync_dir, merged_name, part_name, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,17 @@ _TIME_FIELDS = ("started_at", "finished_at")
 
 def segment_name(run_id: str, seq: int) -> str:
     return f"{PREFIX}{run_id}-{seq:05d}.jsonl"
+
+
+def schema_name(run_id: str) -> str:
+    return f"{PREFIX}{run_id}.arrow"
+
+
+def _read_schema(path: Path) -> pa.Schema | None:
+    try:
+        return pa.ipc.read_schema(pa.py_buffer(path.read_bytes()))
+    except (OSError, pa.ArrowException):
+        return None
 
 
 def _encode(row: dict[str, Any]) -> str:
@@ -52,9 +67,10 @@ def _decode(line: str) -> dict[str, Any]:
 class Journal:
     """Appends rows to the current segment; ``rotate`` starts the next one. Thread-safe."""
 
-    def __init__(self, folder: Path, run_id: str) -> None:
+    def __init__(self, folder: Path, run_id: str, schema: pa.Schema | None = None) -> None:
         self.folder = folder
         self.run_id = run_id
+        self.schema = schema  # written beside the first segment, for ``recover``
         self.seq = 1
         self._fh: IO[str] | None = None
         self._lock = threading.Lock()
@@ -68,6 +84,9 @@ class Journal:
             return
         with self._lock:
             if self._fh is None:
+                if self.schema is not None and not self._schema_path.exists():
+                    with atomic_file(self._schema_path) as fh:
+                        fh.write(self.schema.serialize().to_pybytes())
                 self._fh = open(self.path(self.seq), "a", encoding="utf-8")  # noqa: SIM115
                 os.chmod(self.path(self.seq), 0o644)
                 fsync_dir(self.folder)
@@ -88,11 +107,18 @@ class Journal:
         """Delete segment ``seq`` once its part file is durable."""
         self.path(seq).unlink(missing_ok=True)
 
+    @property
+    def _schema_path(self) -> Path:
+        return self.folder / schema_name(self.run_id)
+
     def close(self) -> None:
+        """Close the segment; the schema file goes once no segment of this run is left."""
         with self._lock:
             if self._fh is not None:
                 self._fh.close()
                 self._fh = None
+            if not any(self.folder.glob(f"{PREFIX}{self.run_id}-*.jsonl")):
+                self._schema_path.unlink(missing_ok=True)
 
 
 def read_segment(path: Path) -> list[dict[str, Any]]:
@@ -112,9 +138,11 @@ def read_segment(path: Path) -> list[dict[str, Any]]:
 def recover(folder: Path, schema: pa.Schema) -> int:
     """Fold leftover journal segments into part files (call while holding the lock).
 
-    Returns the number of rows recovered. A segment whose part already landed is deleted.
+    Returns the number of rows recovered. A segment whose part already landed is deleted. Each
+    run's rows take that run's schema (its ``.arrow`` file), else ``schema``.
     """
     recovered = 0
+    schemas: dict[str, pa.Schema | None] = {}
     for seg in sorted(folder.glob(f"{PREFIX}*.jsonl")):
         m = _NAME.match(seg.name)
         if m is None:
@@ -125,8 +153,10 @@ def recover(folder: Path, schema: pa.Schema) -> int:
         if not part.exists() and not merged.exists():
             try:
                 rows = read_segment(seg)
+                if run_id not in schemas:
+                    schemas[run_id] = _read_schema(folder / schema_name(run_id))
                 if rows:
-                    write_atomic(rows_to_table(rows, schema), part)
+                    write_atomic(rows_to_table(rows, schemas[run_id] or schema), part)
                     recovered += len(rows)
             except (OSError, ValueError, TypeError, pa.ArrowException) as exc:
                 aside = seg.with_name(seg.name + ".unreadable")
@@ -134,6 +164,10 @@ def recover(folder: Path, schema: pa.Schema) -> int:
                 os.replace(seg, aside)
                 continue
         seg.unlink()
+    for path in folder.glob(f"{PREFIX}*.arrow"):  # its run's segments are all gone now
+        run_id = path.name[len(PREFIX) : -len(".arrow")]
+        if not any(folder.glob(f"{PREFIX}{run_id}-*.jsonl")):
+            path.unlink(missing_ok=True)
     if recovered:
         fsync_dir(folder)
         log.info("recovered %d result rows from the journal of an interrupted run", recovered)

@@ -2,7 +2,8 @@
 
 The body is exactly the shape of the original one-image script: a system message (unless the
 prompt sets none), then one user message holding the prompt text and the image as a data URI;
-``model``, ``max_tokens``, ``temperature``, ``top_p``, plus the prompt's ``extra`` fields.
+``model``, ``max_tokens``, ``temperature``, ``top_p``, plus the prompt's ``extra`` fields, and
+for a prompt with a JSON Schema its ``response_format``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .config import ImageConfig, PromptConfig
+from .structured import response_format
 
 KEY_VERSION = 2
 
@@ -39,6 +41,8 @@ def build_body(model: str, prompt: PromptConfig, text: str, data_uri: str) -> di
         "temperature": prompt.temperature,
         "top_p": prompt.top_p,
     }
+    if prompt.schema is not None:
+        body["response_format"] = response_format(prompt.name, prompt.schema)
     body.update(prompt.extra)
     return body
 
@@ -120,6 +124,8 @@ def settings_digest(
         "jpeg_quality": image.jpeg_quality,
         "passthrough": image.passthrough,
     }
+    if prompt.schema is not None:  # what is sent names the prompt: json_schema.name
+        material["schema"] = {"name": prompt.name, "schema": prompt.schema}
     blob = json.dumps(material, sort_keys=True, ensure_ascii=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).digest()
 

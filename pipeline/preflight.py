@@ -1,8 +1,11 @@
 """Preflight: before any image is read, ask the server what it serves.
 
 ``GET <url>/models`` must answer, list the job's model, and (on vLLM) report a
-``max_model_len`` that every prompt's ``max_tokens`` fits in. Each problem is a
-``ConfigError`` that says what to fix.
+``max_model_len`` that every prompt's ``max_tokens`` fits in. A prompt with a JSON Schema is
+tried once per server with a text-only, one-token request carrying its ``response_format``: a
+server without structured outputs (or one that cannot use that schema) refuses it with a 4xx,
+and the run stops here rather than failing every image. Each problem is a ``ConfigError``
+that says what to fix.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from dataclasses import dataclass
 import httpx
 
 from .client import auth_headers, server_message, tls_for
-from .config import Job
+from .config import Job, PromptConfig
 from .errors import ConfigError
+from .payload import encode_body
+from .structured import response_format
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +92,55 @@ async def _preflight_one(
                 f"cannot reach the endpoint {base} ({type(exc).__name__}: {exc}); "
                 "is the vLLM server running and is the URL right?"
             ) from None
+        try:
+            payload: object = response.json()
+        except ValueError:
+            payload = None
+        reason = server_message(response) if response.status_code != 200 else "OK"
+        info = check_models(job, response.status_code, payload, reason, base)
+        for prompt in job.prompts:
+            if prompt.schema is not None:
+                await _probe_schema(client, base, job.endpoint.model, prompt)
+    return info
+
+
+def probe_body(model: str, prompt: PromptConfig) -> dict[str, object]:
+    """A text-only request for one token carrying ``prompt``'s response_format (and extra)."""
+    assert prompt.schema is not None
+    messages: list[dict[str, object]] = []
+    if prompt.system:
+        messages.append({"role": "system", "content": prompt.system})
+    messages.append({"role": "user", "content": "Answer with JSON."})
+    return {
+        "model": model,
+        "messages": messages,
+        **prompt.extra,
+        "max_tokens": 1,
+        "response_format": response_format(prompt.name, prompt.schema),
+    }
+
+
+def judge_probe(status: int, message: str, prompt: str, url: str) -> None:
+    """Pure part of the schema probe: a 4xx (other than 408/429) stops the run."""
+    if 400 <= status < 500 and status not in (408, 429):
+        raise ConfigError(
+            f"{url} refused prompt {prompt!r}'s structured output request (HTTP {status}: "
+            f"{message}). The server must support response_format json_schema (vLLM does) "
+            "and accept this schema; fix the schema or use such a server"
+        )
+
+
+async def _probe_schema(
+    client: httpx.AsyncClient, base: str, model: str, prompt: PromptConfig
+) -> None:
+    content = encode_body(probe_body(model, prompt))
     try:
-        payload: object = response.json()
-    except ValueError:
-        payload = None
-    reason = server_message(response) if response.status_code != 200 else "OK"
-    return check_models(job, response.status_code, payload, reason, base)
+        response = await client.post(
+            base + "/chat/completions",
+            content=content,
+            headers={"content-type": "application/json"},
+        )
+    except httpx.TransportError:
+        return  # the run's own retries and breaker deal with a flaky server
+    message = server_message(response) if response.status_code != 200 else "OK"
+    judge_probe(response.status_code, message, prompt.name, base)

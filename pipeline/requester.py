@@ -9,6 +9,11 @@ is not counted either: the item waits out ``Retry-After`` (else a backoff) in it
 concurrency limiter); other waits between attempts leave it to other items. A finished row
 is handed on even if the run is being stopped (the send is shielded), so an answer that
 arrived is never thrown away.
+
+A prompt with a JSON Schema has each answer parsed and validated (``AnswerCheck``): an answer
+that is not JSON, was cut off or breaks the schema is tried again at once (it counts in
+``attempts``); after the last attempt the row is ``failed`` with ``schema: <why>`` and the raw
+answer in ``caption``. A valid answer's properties fill their typed columns.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,10 +38,12 @@ from .payload import build_body, encode_body
 from .retry import RetryPolicy, compute_backoff
 from .schema import STATUS_FAILED, STATUS_OK, utc_now
 from .steer import Steering
+from .structured import AnswerCheck, SchemaViolation
 
 log = logging.getLogger(__name__)
 
 SHARED_ANSWERS = 10_000  # ok answers kept for identical images met later in the run
+AFFINITY_IMAGES = 4_096  # images whose endpoint is remembered (their prompts come together)
 
 
 @dataclass(slots=True)
@@ -60,7 +67,13 @@ class Requester:
         steering: Steering | None = None,
         on_throttled: Callable[[float], None] = lambda _s: None,
         max_throttled_s: float = math.inf,
+        checks: Mapping[str, AnswerCheck] | None = None,
+        prompts: int = 1,
     ) -> None:
+        self.checks = checks or {}  # prompt name -> its schema's check
+        self.prompts = prompts  # per image: how much busier its endpoint may be than the least
+        # image sha256 -> the endpoint its last prompt went to (several endpoints only)
+        self._affinity: OrderedDict[str, Route] = OrderedDict()
         self.routes = routes
         self.limiter = limiter  # requests in flight; its size is the current concurrency
         self.steering = steering
@@ -73,8 +86,8 @@ class Requester:
         self.other_models: set[str] = set()
         # Identical requests in this run: the first is sent, the others wait for its answer.
         self._pending: dict[str, anyio.Event] = {}
-        # recent ok answers, with the endpoint that gave them
-        self._answers: OrderedDict[str, tuple[Completion, str]] = OrderedDict()
+        # recent ok answers, with the endpoint that gave them and their structured values
+        self._answers: OrderedDict[str, tuple[Completion, str, Row]] = OrderedDict()
 
     async def worker(
         self, rx: ObjectReceiveStream[RequestItem], rows: MemoryObjectSendStream[Row]
@@ -90,12 +103,25 @@ class Requester:
                     with anyio.CancelScope(shield=True):
                         await rows.send(row)
 
-    async def route(self) -> Route:
-        """The least-loaded endpoint whose breaker is closed (waits while all are down)."""
+    async def route(self, image: str | None = None) -> Route:
+        """The endpoint for a request about ``image`` (its sha256): the one its other prompts
+        went to while it is healthy and not more than a few requests busier than the least
+        loaded (that server's prefix and image caches hold it), else the least-loaded endpoint
+        whose breaker is closed. Waits while all are down."""
         while True:
             healthy = [r for r in self.routes if not r.breaker.is_open]
             if healthy:
-                return min(healthy, key=lambda r: r.client.in_flight)
+                least = min(healthy, key=lambda r: r.client.in_flight)
+                if image is None or len(self.routes) == 1:
+                    return least
+                last = self._affinity.get(image)
+                if last is not None and last in healthy:
+                    if last.client.in_flight <= least.client.in_flight + self.prompts:
+                        return last
+                self._affinity[image] = least
+                if len(self._affinity) > AFFINITY_IMAGES:
+                    self._affinity.popitem(last=False)
+                return least
             await wait_any([r.breaker for r in self.routes])
 
     async def caption(self, item: RequestItem) -> Row:
@@ -113,8 +139,8 @@ class Requester:
             done.set()
         return row
 
-    def _remember(self, item: RequestItem, c: Completion, endpoint: str) -> None:
-        self._answers[item.request_key] = (c, endpoint)
+    def _remember(self, item: RequestItem, c: Completion, endpoint: str, values: Row) -> None:
+        self._answers[item.request_key] = (c, endpoint, values)
         if len(self._answers) > SHARED_ANSWERS:
             self._answers.popitem(last=False)
 
@@ -130,13 +156,13 @@ class Requester:
             "response_model": c.model,
         }
 
-    def _shared_row(self, item: RequestItem, c: Completion, endpoint: str) -> Row:
+    def _shared_row(self, item: RequestItem, c: Completion, endpoint: str, values: Row) -> Row:
         now = utc_now()
         return self.make_row(
             item.key, item.relpath, item.sha256, item.prompt, STATUS_OK, now, now, attempts=0,
             width=item.image.width, height=item.image.height, endpoint=endpoint,
             queue_wait_s=time.perf_counter() - item.ready_at, encode_s=item.encode_s,
-            **self._answer(c),
+            **self._answer(c), **values, **(item.keep or {}),
         )  # fmt: skip
 
     async def _caption(self, item: RequestItem) -> Row:
@@ -148,7 +174,9 @@ class Requester:
             "encode_s": item.encode_s,
             "width": item.image.width,
             "height": item.image.height,
+            **(item.keep or {}),
         }
+        check = self.checks.get(item.prompt.name)
         started = utc_now()
         attempt = 0  # attempts that count against the retry budget
         sent = 0  # requests actually sent (the ``attempts`` column)
@@ -159,7 +187,7 @@ class Requester:
                     started = utc_now()
                     common["queue_wait_s"] = time.perf_counter() - item.ready_at
                     common["concurrency"] = int(self.limiter.total_tokens)
-                route = await self.route()
+                route = await self.route(item.sha256)
                 attempt += 1
                 sent += 1
                 common["endpoint"] = route.url
@@ -176,7 +204,22 @@ class Requester:
                 except RetryableError as exc:
                     error, latency = exc, time.perf_counter() - t0
                 else:
-                    return self._ok(item, c, route, started, sent, sent_at, t0, common)
+                    if check is None:
+                        return self._ok(item, c, route, started, sent, sent_at, t0, common, {})
+                    try:
+                        values = check.values(c.caption, c.finish_reason)
+                    except SchemaViolation as exc:
+                        # The server is fine; the answer is not: try again at once (counted).
+                        route.breaker.success()
+                        if attempt < self.policy.attempts:
+                            log.debug("answer for %s breaks its schema: %s", item.relpath, exc)
+                            continue
+                        return self.make_row(
+                            item.key, item.relpath, item.sha256, item.prompt, STATUS_FAILED,
+                            started, utc_now(), error=f"schema: {exc}", attempts=sent,
+                            latency_s=time.perf_counter() - t0, **self._answer(c), **common,
+                        )  # fmt: skip
+                    return self._ok(item, c, route, started, sent, sent_at, t0, common, values)
                 if error.status == 429:
                     # A rate limit says "later", not "this item is bad": the attempt is not
                     # counted. The item waits out Retry-After holding its slot, so the pool's
@@ -223,17 +266,19 @@ class Requester:
         sent_at: float,
         t0: float,
         common: dict[str, object],
+        values: Row,
     ) -> Row:
         latency = time.perf_counter() - t0
         route.breaker.success()
         route.throttled_since = None
         if self.steering is not None:
             self.steering.observe_latency(sent_at, latency)
-        self._remember(item, c, route.url)
+        self._remember(item, c, route.url, values)
         if c.model and c.model != self.model and c.model not in self.other_models:
             self.other_models.add(c.model)
             log.warning("the server answered as model %r, not %r", c.model, self.model)
         return self.make_row(
             item.key, item.relpath, item.sha256, item.prompt, STATUS_OK, started, utc_now(),
             attempts=sent, latency_s=latency, ttft_s=c.ttft_s, **self._answer(c), **common,
+            **values,
         )  # fmt: skip

@@ -31,7 +31,7 @@ from .breaker import Breaker, health_url, http_probe
 from .client import ChatClient, auth_headers, tls_for
 from .collector import Collector
 from .config import Job
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_TEMPFAIL, OutputError
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE, OutputError
 from .feed import Feed
 from .items import RequestItem, Row, RowMaker
 from .journal import Journal
@@ -39,10 +39,18 @@ from .journal import recover as recover_journal
 from .progress import Reporter, Tally
 from .requester import Requester, Route
 from .retry import RetryPolicy
-from .schema import schema_with_job
-from .sink import PartWriter, compact, recover_compaction, remove_stale_temps
-from .state import HashCache, OutputLock, load_done_keys, open_hash_cache
+from .schema import COLUMNS, schema_with_job
+from .sink import PartWriter, compact, recover_compaction, remove_stale_temps, widen
+from .state import (
+    HashCache,
+    OutputLock,
+    dataset_schema,
+    open_hash_cache,
+    parts_to_widen,
+    scan_parts,
+)
 from .steer import Steering
+from .structured import AnswerCheck, columns_of, merge_columns
 from .walker import ImageFile
 
 log = logging.getLogger(__name__)
@@ -111,14 +119,14 @@ class Runner:
         lock = OutputLock(out)
         lock.acquire()
         try:
-            schema = schema_with_job(self.job.public_dict())
+            schema = schema_with_job(self.job.public_dict(), job_columns(self.job))
             await anyio.to_thread.run_sync(_recover, out, schema)
-            done = await anyio.to_thread.run_sync(
-                lambda: load_done_keys(out, include_invalid=not self.job.run.retry_invalid)
+            done, schema = await anyio.to_thread.run_sync(
+                lambda: _scan(out, schema, include_invalid=not self.job.run.retry_invalid)
             )
             cache = open_hash_cache(out)
             writer = PartWriter(out, self.run_id, schema)
-            journal = Journal(out, self.run_id)
+            journal = Journal(out, self.run_id, schema)
             reporter = Reporter(self.tally, enabled=self.job.run.progress)
             started = time.monotonic()
             collector = Collector(
@@ -144,13 +152,17 @@ class Runner:
         self.tally.concurrency = int(limiter.total_tokens)
         if auto is not None:
             self.tally.concurrency_bounds = f"auto {auto.minimum}-{auto.maximum}"
-        files_tx, files_rx = anyio.create_memory_object_stream[ImageFile](256)
+        # manifest rows may carry their image's bytes: fewer of them wait
+        files_tx, files_rx = anyio.create_memory_object_stream[ImageFile](
+            256 if self.job.input.manifest is None else 16
+        )
         items_tx, items_rx = anyio.create_memory_object_stream[RequestItem](min(n, 32))
         rows_tx, rows_rx = anyio.create_memory_object_stream[Row](2 * n + 16)
         make_row = RowMaker(self.job, self.run_id)
         feed = Feed(
-            self.job, cache, done, self.tally, make_row, anyio.CapacityLimiter(self.encoders)
-        )
+            self.job, cache, done, self.tally, make_row, anyio.CapacityLimiter(self.encoders),
+            self._input_failed,
+        )  # fmt: skip
         headers = auth_headers(self.api_key)
         probe_client = httpx.AsyncClient(
             timeout=5.0,
@@ -194,6 +206,8 @@ class Runner:
         requester = Requester(
             routes, self.policy, make_row, self.job.endpoint.model, limiter, steering,
             self._throttle_give_up, self.job.run.max_outage,
+            {p.name: AnswerCheck(p.schema) for p in self.job.prompts if p.schema is not None},
+            len(self.job.prompts),
         )  # fmt: skip
         self._requester = requester
         self._feed_scope = anyio.CancelScope()
@@ -262,6 +276,10 @@ class Runner:
         self.tally.concurrency = limit
         self.tally.concurrency_max = max(self.tally.concurrency_max, limit)
 
+    def _input_failed(self, why: str) -> None:
+        """The manifest cannot be read on: stop (exit 2), saving what is done."""
+        self.stop(why, EXIT_USAGE, self.job.run.grace_period)
+
     def _throttle_give_up(self, throttled_s: float) -> None:
         """Every answer has been 429 for max_outage seconds: try later."""
         self.stop(
@@ -292,6 +310,32 @@ class Runner:
                 else:
                     log.warning("%s again: stopping now", name)
                     self.stop(self.stop_reason, 128 + signum, 0)
+
+
+def job_columns(job: Job) -> list[tuple[str, pa.DataType]]:
+    """The job's own output columns: its prompts' schema properties, its kept manifest columns."""
+    columns = list(
+        merge_columns([(p.name, columns_of(p.schema)) for p in job.prompts if p.schema], COLUMNS)
+    )
+    if job.input.manifest is not None and job.input.keep:
+        from .manifest import open_manifest
+
+        types = open_manifest(job.input.manifest, job.input.keep).keep_types
+        columns += [(name, types[name]) for name in job.input.keep]
+    return columns
+
+
+def _scan(out: Path, schema: pa.Schema, *, include_invalid: bool) -> tuple[set[str], pa.Schema]:
+    """Done keys, and the dataset's schema: this run's, widened with earlier runs' columns;
+    part files that lack some of its columns get them (as nulls), so all read as one table."""
+    done, parts = scan_parts(out, include_invalid=include_invalid)
+    schema = dataset_schema(schema, parts)
+    narrow = parts_to_widen(schema, parts)
+    if narrow:
+        log.info("adding the job's new columns to %d earlier part file(s)", len(narrow))
+    for part in narrow:
+        widen(part, schema)
+    return done, schema
 
 
 def _recover(out: Path, schema: pa.Schema) -> None:

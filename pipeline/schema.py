@@ -51,9 +51,20 @@ SCHEMA = pa.schema(
 COLUMNS = tuple(SCHEMA.names)
 
 
-def schema_with_job(job: dict[str, Any]) -> pa.Schema:
-    """The row schema with the resolved job (no secrets) in its metadata under ``caption.job``."""
-    return SCHEMA.with_metadata({"caption.job": json.dumps(job, ensure_ascii=False, default=str)})
+def schema_with_job(
+    job: dict[str, Any], columns: Sequence[tuple[str, pa.DataType]] = ()
+) -> pa.Schema:
+    """The row schema with the job's own ``columns`` after the built-in ones (a schema'd
+    prompt's properties, a manifest's kept columns) and the resolved job (no secrets) in its
+    metadata under ``caption.job``."""
+    fields = [*SCHEMA, *(pa.field(name, type_) for name, type_ in columns)]
+    meta = {"caption.job": json.dumps(job, ensure_ascii=False, default=str)}
+    return pa.schema(fields, metadata=meta)
+
+
+def own_columns(schema: pa.Schema) -> list[pa.Field]:
+    """The fields of ``schema`` that are not built-in columns."""
+    return [f for f in schema if f.name not in COLUMNS]
 
 
 def utc_now() -> dt.datetime:

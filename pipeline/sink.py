@@ -147,6 +147,26 @@ def _merge(parts: list[Path], final: Path, schema: pa.Schema) -> None:
             writer.write_table(pa.concat_tables(pending))
 
 
+def widen(part: Path, schema: pa.Schema) -> None:
+    """Rewrite ``part`` with ``schema``'s columns that it lacks added as nulls (blocking IO).
+
+    The rows and their values do not change, so a crash midway leaves the old file or the new
+    one, never a mix; the file keeps its own metadata (its run's job).
+    """
+    pf = pq.ParquetFile(part)
+    have = pf.schema_arrow
+    target = pa.schema(
+        [have.field(f.name) if f.name in have.names else f for f in schema], metadata=have.metadata
+    )
+    with atomic_file(part) as fh, pq.ParquetWriter(fh, target, compression="zstd") as writer:
+        for batch in pf.iter_batches(batch_size=MERGE_ROWS):
+            columns = [
+                batch.column(f.name) if f.name in have.names else pa.nulls(batch.num_rows, f.type)
+                for f in target
+            ]
+            writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=target))
+
+
 def recover_compaction(folder: Path) -> None:
     """Finish a compaction a crash interrupted (only call while holding the lock)."""
     marker = folder / COMPACT_MARKER

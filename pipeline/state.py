@@ -19,10 +19,11 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import OutputBusyError, OutputError
-from .schema import STATUS_INVALID, STATUS_OK
+from .errors import ConfigError, OutputBusyError, OutputError
+from .schema import STATUS_INVALID, STATUS_OK, own_columns
 from .sink import PART_GLOB
 
 log = logging.getLogger(__name__)
@@ -60,19 +61,31 @@ class OutputLock:
 
 
 def load_done_keys(folder: Path, *, include_invalid: bool = True) -> set[str]:
-    """Keys a rerun skips: every ``ok`` row, and (unless ``include_invalid`` is False)
-    every ``invalid`` row whose file was read: the key covers the file's bytes, so the same
-    bytes would be invalid again. Unreadable files (no sha256) are always tried again.
+    """Keys a rerun skips (see ``scan_parts``)."""
+    return scan_parts(folder, include_invalid=include_invalid)[0]
+
+
+def scan_parts(
+    folder: Path, *, include_invalid: bool = True
+) -> tuple[set[str], dict[Path, pa.Schema]]:
+    """Keys a rerun skips, and each part file's schema.
+
+    Skipped: every ``ok`` row, and (unless ``include_invalid`` is False) every ``invalid`` row
+    whose file was read: the key covers the file's bytes, so the same bytes would be invalid
+    again. Unreadable files (no sha256) are always tried again.
 
     A part file that cannot be read stops the run: skipping it would redo its items and give
     their keys a second ``ok`` row once the file is readable again.
     """
     parts = sorted(folder.glob(PART_GLOB))
     done: set[str] = set()
+    schemas: dict[Path, pa.Schema] = {}
     for part in parts:
         try:
             # ParquetFile, not read_table: read_table imports pyarrow.dataset (0.27 s).
-            table = pq.ParquetFile(part).read(columns=["key", "status", "image_sha256"])
+            pf = pq.ParquetFile(part)
+            table = pf.read(columns=["key", "status", "image_sha256"])
+            schemas[part] = pf.schema_arrow
         except (OSError, ValueError) as exc:
             raise OutputError(
                 f"cannot read the part file {part} ({exc}); move it out of the output folder "
@@ -85,7 +98,36 @@ def load_done_keys(folder: Path, *, include_invalid: bool = True) -> set[str]:
             if status == STATUS_OK
             or (include_invalid and status == STATUS_INVALID and sha is not None)
         )
-    return done
+    return done, schemas
+
+
+def dataset_schema(schema: pa.Schema, parts: dict[Path, pa.Schema]) -> pa.Schema:
+    """This run's schema widened with the columns earlier runs wrote, so every part file of
+    the dataset can hold one schema (readers then see one table whatever each run asked for).
+
+    A column that an earlier run typed differently is a ``ConfigError`` naming the part file.
+    """
+    have = {f.name: f for f in schema}
+    extra: list[pa.Field] = []
+    for part, part_schema in parts.items():
+        for f in own_columns(part_schema):
+            known = have.get(f.name)
+            if known is None:
+                have[f.name] = f
+                extra.append(f)
+            elif known.type != f.type:
+                raise ConfigError(
+                    f"column {f.name!r} is {known.type} in this job but {f.type} in "
+                    f"{part} (an earlier run): one column keeps one type in a dataset; rename "
+                    "the schema property or the kept column, or write to another --output"
+                )
+    return pa.schema([*schema, *extra], metadata=schema.metadata)
+
+
+def parts_to_widen(schema: pa.Schema, parts: dict[Path, pa.Schema]) -> list[Path]:
+    """The part files that lack some of ``schema``'s columns."""
+    names = set(schema.names)
+    return [part for part, s in parts.items() if not names <= set(s.names)]
 
 
 class HashCache:

@@ -14,9 +14,9 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,11 @@ class ImageFile(NamedTuple):
     mtime_ns: int
     ctime_ns: int = 0  # with the inode, catches edits that restore size and mtime
     ino: int = 0
+    # From a manifest row (None for a walked file):
+    data: bytes | None = None  # the image's bytes, embedded in the manifest (no file)
+    variables: Mapping[str, str] | None = None  # the row's template variables
+    keep: Mapping[str, Any] | None = None  # the row's columns copied into its result rows
+    error: str | None = None  # why the row is unusable (an ``invalid`` row, never sent)
 
     @property
     def path(self) -> Path:

@@ -446,7 +446,7 @@ class TestInvalid:
             ({"endpoint": 'url = "127.0.0.1:8102/v1"'}, r"must be http\(s\)://"),
             ({"endpoint": "timeout = 0"}, "timeouts must be > 0"),
             ({"endpoint": "connect_timeout = -1"}, "timeouts must be > 0"),
-            ({"input_": ""}, "no input folder"),
+            ({"input_": ""}, "no input: set \\[input\\] root"),
             ({"input_": 'root = "../missing"'}, "input folder does not exist"),
             ({"input_": 'root = "../prompts/tags.txt"'}, "not a folder"),
             ({"input_": 'root = "../images"\npatterns = []'}, "patterns must be a non-empty"),
@@ -496,7 +496,7 @@ class TestInvalid:
 
     def test_no_job_file_and_no_flags(self) -> None:
         """Nothing given at all asks for an input folder first."""
-        with pytest.raises(ConfigError, match="no input folder"):
+        with pytest.raises(ConfigError, match="no input: set \\[input\\] root"):
             load_job(None, Overrides())
 
     def test_job_file_not_found(self, tmp_path: Path) -> None:

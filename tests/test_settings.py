@@ -43,8 +43,13 @@ def sample(s: Setting, project: Path) -> tuple[Any, Any]:
     """A value other than the setting's default, and what its ``Job`` field then holds."""
     if s.kind is bool:
         return not s.default, not s.default
+    if s.key == "schema":  # a file naming a JSON Schema -> the schema
+        return str(project / "schema.json"), SCHEMA
+    if s.key == "keep":  # a column of the manifest
+        return ["sku"], ("sku",)
     if s.kind is Path:  # the input root must be a folder, a prompt file a readable file
-        path = project / {"root": "images", "file": "ask.txt"}.get(s.key, "elsewhere")
+        where = {"root": "images", "file": "ask.txt", "manifest": "list.csv"}
+        path = project / where.get(s.key, "elsewhere")
         return str(path), path.resolve()
     if s.kind is int:
         return (s.default or 6) + 1, (s.default or 6) + 1
@@ -65,10 +70,15 @@ def toml(value: Any) -> str:
     return json.dumps(value)  # strings, numbers and lists of strings are alike in TOML
 
 
+SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}}}
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     (tmp_path / "images").mkdir()
     (tmp_path / "ask.txt").write_text("Describe $stem")
+    (tmp_path / "schema.json").write_text(json.dumps(SCHEMA))
+    (tmp_path / "list.csv").write_text("image,sku\nimages/a.jpg,A1\n")
     return tmp_path
 
 
@@ -127,6 +137,10 @@ class TestReachesTheJob:
         table = tables.setdefault(s.section, {})
         if s.key == "file":
             del table["text"]  # text or file, not both
+        if s.key == "keep":
+            table["manifest"] = str(project / "list.csv")
+        if s.key in ("manifest", "keep"):
+            del table["root"]  # a folder or a manifest, not both
         table[s.key] = value
         lines = []
         for section, keys in tables.items():
@@ -147,5 +161,7 @@ class TestReachesTheJob:
             words = [s.flag, *value]
         else:
             words = [s.flag, json.dumps(value) if isinstance(value, dict) else str(value)]
+        if s.key == "keep":
+            words += ["--manifest", str(project / "list.csv")]
         args = build_parser().parse_args([*base, "--prompt", "x", *words])
         assert field_of(load_job(None, overrides_from(args)), s) == expected

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import OutputError
+from pipeline.errors import ConfigError, OutputError
+from pipeline.journal import Journal, recover, schema_name
 from pipeline.progress import Tally, format_summary, percentile
 from pipeline.schema import (
     COLUMNS,
@@ -27,8 +28,17 @@ from pipeline.schema import (
     rows_to_table,
     schema_with_job,
 )
-from pipeline.sink import PartWriter, remove_stale_temps, write_atomic
-from pipeline.state import LOCK_NAME, HashCache, OutputLock, load_done_keys, open_hash_cache
+from pipeline.sink import PartWriter, remove_stale_temps, widen, write_atomic
+from pipeline.state import (
+    LOCK_NAME,
+    HashCache,
+    OutputLock,
+    dataset_schema,
+    load_done_keys,
+    open_hash_cache,
+    parts_to_widen,
+    scan_parts,
+)
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
 
@@ -305,6 +315,68 @@ class TestSink:
             "_caption.lock",
             "part-a-00001.parquet",
         ]
+
+
+class TestOwnColumns:
+    """A job's own columns (schema properties, kept manifest columns) across runs."""
+
+    TAGS = pa.list_(pa.string())
+
+    def test_recovered_journal_keeps_its_runs_column_types(self, tmp_path: Path) -> None:
+        """A crashed run's journal comes back with that run's columns, typed, though the
+        recovering run's schema has none of them; the schema file then goes."""
+        theirs = schema_with_job({}, [("tags", self.TAGS), ("n", pa.int64())])
+        journal = Journal(tmp_path, "crashed", theirs)
+        journal.append([row("k1", tags=["a", "b"], n=3)])
+        journal.rotate()  # closes the segment's file, as the kernel does for a killed process
+        assert (tmp_path / schema_name("crashed")).exists()
+        assert recover(tmp_path, schema_with_job({})) == 1
+        (part,) = tmp_path.glob("part-*.parquet")
+        table = pq.read_table(part)
+        assert table.schema.field("tags").type == self.TAGS
+        assert table.to_pylist()[0]["tags"] == ["a", "b"] and table.to_pylist()[0]["n"] == 3
+        assert not (tmp_path / schema_name("crashed")).exists()
+
+    def test_closed_journal_removes_its_schema_file_once_its_segments_are_gone(
+        self, tmp_path: Path
+    ) -> None:
+        """The schema file lives exactly as long as the run's journal segments."""
+        journal = Journal(tmp_path, "r1", schema_with_job({}))
+        journal.append([row("k1")])
+        journal.close()
+        assert (tmp_path / schema_name("r1")).exists()  # the segment still holds a row
+        journal.discard(journal.rotate())
+        journal.close()
+        assert not (tmp_path / schema_name("r1")).exists()
+
+    def test_dataset_schema_widens_and_old_parts_get_null_columns(self, tmp_path: Path) -> None:
+        """Columns of earlier runs join this run's; a part lacking some gets them as nulls,
+        keeping its rows and its own metadata."""
+        old = schema_with_job({"run": "old"}, [("mood", pa.string())])
+        write_atomic(
+            rows_to_table([row("k1", mood="calm")], old), tmp_path / "part-a-00001.parquet"
+        )
+        mine = schema_with_job({"run": "new"}, [("tags", self.TAGS)])
+        done, parts = scan_parts(tmp_path)
+        assert done == {"k1"}
+        wide = dataset_schema(mine, parts)
+        assert wide.names[-2:] == ["tags", "mood"]
+        assert wide.metadata == mine.metadata
+        (narrow,) = parts_to_widen(wide, parts)
+        widen(narrow, wide)
+        table = pq.read_table(narrow)
+        assert set(table.column_names) == set(wide.names)
+        assert table.to_pylist()[0]["mood"] == "calm" and table.to_pylist()[0]["tags"] is None
+        assert table.schema.metadata[b"caption.job"] == b'{"run": "old"}'
+        assert parts_to_widen(wide, scan_parts(tmp_path)[1]) == []
+
+    def test_a_column_retyped_since_an_earlier_run_is_a_config_error(self, tmp_path: Path) -> None:
+        """One column keeps one type in a dataset: the part file that disagrees is named."""
+        old = schema_with_job({}, [("n", pa.int64())])
+        write_atomic(rows_to_table([row("k1", n=1)], old), tmp_path / "part-a-00001.parquet")
+        mine = schema_with_job({}, [("n", pa.string())])
+        with pytest.raises(ConfigError, match=r"'n' is string in this job but int64 in .*part-a"):
+            dataset_schema(mine, scan_parts(tmp_path)[1])
 
 
 class TestPercentile:

@@ -9,11 +9,13 @@ is checked; a bad one is a ``ConfigError`` that says what to fix, raised before 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..schema import COLUMNS
+from ..structured import check_schema, columns_of, merge_columns
 from ..templates import check_template
 from .settings import (
     DEFAULT_SYSTEM,
@@ -34,12 +36,32 @@ def _section(section: str, table: Mapping[str, Any], **derived: Any) -> Any:
     values = {
         s.key: _CONVERT.get(s.kind, lambda v: v)(table[s.key])
         for s in settings_of(section)
-        if s.key in table
+        if s.key in table and s.key not in derived
     }
     return SECTIONS[section](**{**values, **derived})
 
 
-def _prompt(table: Mapping[str, Any], index: int) -> PromptConfig:
+def _schema(value: Any, where: str) -> dict[str, Any] | None:
+    """A prompt's schema: an inline table as is, or the JSON file a string names."""
+    if value is None or isinstance(value, dict):
+        return value
+    path = Path(value)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: schema file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read schema file {path}: {exc}") from None
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: schema file {path} is not valid JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise ConfigError(f"{where}: schema file {path} must hold a JSON object (a JSON Schema)")
+    return schema
+
+
+def _prompt(table: Mapping[str, Any], index: int, columns: Collection[str] | None) -> PromptConfig:
     where = f"prompt #{index + 1}"
     if "text" in table and "file" in table:
         raise ConfigError(f"{where}: give either 'text' or 'file', not both")
@@ -63,9 +85,19 @@ def _prompt(table: Mapping[str, Any], index: int) -> PromptConfig:
         )
     if not text.strip():
         raise ConfigError(f"{where} ({name}) is empty")
-    check_template(text, f"{where} ({name})")
+    check_template(text, f"{where} ({name})", columns)
     system = table.get("system", DEFAULT_SYSTEM) or None  # "" = no system message
-    p: PromptConfig = _section("prompt", table, name=name, text=text, system=system, file=file)
+    schema = _schema(table.get("schema"), f"{where} ({name})")
+    p: PromptConfig = _section(
+        "prompt", table, name=name, text=text, system=system, file=file, schema=schema
+    )
+    if schema is not None:
+        check_schema(schema, f"{where} ({name})")
+        if "response_format" in p.extra:
+            raise ConfigError(
+                f"{where}: give either schema or extra.response_format, not both (schema sets "
+                "the response_format itself)"
+            )
     if p.max_tokens < 1:
         raise ConfigError(f"{where}: max_tokens must be at least 1, got {p.max_tokens}")
     if p.temperature < 0:
@@ -83,6 +115,35 @@ def _prompt(table: Mapping[str, Any], index: int) -> PromptConfig:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: extra must be plain JSON values: {exc}") from None
     return p
+
+
+def _input(inp: Mapping[str, Any]) -> tuple[Any, Collection[str] | None]:
+    """The input section, and the template variables its manifest adds (None: known per row)."""
+    if "root" in inp and "manifest" in inp:
+        raise ConfigError("give either [input] root (a folder) or manifest (a file), not both")
+    if "manifest" in inp:
+        from ..manifest import open_manifest  # only manifest jobs read one
+
+        inputs = _section("input", inp, root=Path(inp["manifest"]).parent)
+        if len(set(inputs.keep)) != len(inputs.keep):
+            raise ConfigError(f"[input] keep names a column twice: {list(inputs.keep)}")
+        manifest = open_manifest(inputs.manifest, inputs.keep)
+        if manifest.columns is None:
+            return inputs, None
+        return inputs, tuple(c for c in manifest.columns if c != "image")  # image: not text
+    if "root" not in inp:
+        raise ConfigError(
+            "no input: set [input] root (a folder) or manifest (a file) in the job file, or "
+            "pass --input DIR or --manifest FILE"
+        )
+    inputs = _section("input", inp)
+    if inputs.keep:
+        raise ConfigError("[input] keep copies manifest columns: it needs a manifest")
+    if not inputs.root.is_dir():
+        raise ConfigError(f"input folder does not exist or is not a folder: {inputs.root}")
+    if not inputs.patterns or not all(isinstance(p, str) and p for p in inputs.patterns):
+        raise ConfigError("[input] patterns must be a non-empty list of glob strings")
+    return inputs, ()
 
 
 def _concurrency(value: int | str) -> int | None:
@@ -117,14 +178,7 @@ def build_job(raw: Mapping[str, Any]) -> Job:
     if endpoint.timeout <= 0 or endpoint.connect_timeout <= 0:
         raise ConfigError("endpoint timeouts must be > 0 seconds")
 
-    inp = raw.get("input", {})
-    if "root" not in inp:
-        raise ConfigError("no input folder: set [input] root in the job file or pass --input DIR")
-    inputs = _section("input", inp)
-    if not inputs.root.is_dir():
-        raise ConfigError(f"input folder does not exist or is not a folder: {inputs.root}")
-    if not inputs.patterns or not all(isinstance(p, str) and p for p in inputs.patterns):
-        raise ConfigError("[input] patterns must be a non-empty list of glob strings")
+    inputs, columns = _input(raw.get("input", {}))
 
     image = _section("image", raw.get("image", {}))
     if image.max_pixels < 1:
@@ -134,11 +188,21 @@ def build_job(raw: Mapping[str, Any]) -> Job:
     if not 1 <= image.jpeg_quality <= 100:
         raise ConfigError(f"image jpeg_quality must be 1..100, got {image.jpeg_quality}")
 
-    prompts = tuple(_prompt(t, i) for i, t in enumerate(raw.get("prompt", [{}])))
+    prompts = tuple(_prompt(t, i, columns) for i, t in enumerate(raw.get("prompt", [{}])))
     names = [p.name for p in prompts]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"prompt names must be unique; repeated: {', '.join(dupes)}")
+    structured = merge_columns(
+        [(p.name, columns_of(p.schema)) for p in prompts if p.schema is not None], COLUMNS
+    )
+    for name in inputs.keep:
+        if name in COLUMNS or name in dict(structured):
+            what = "a built-in output column" if name in COLUMNS else "a schema property"
+            raise ConfigError(
+                f"[input] keep: manifest column {name!r} has the name of {what}; rename the "
+                "column in the manifest"
+            )
 
     rn = raw.get("run", {})
     if "output" not in rn:

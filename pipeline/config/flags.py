@@ -27,6 +27,9 @@ _GROUPS = {
 }
 
 
+_INSTEAD = {"manifest": "root", "root": "manifest"}  # [input] keys that replace each other
+
+
 def json_object(text: str) -> dict[str, Any]:
     """``--extra``'s value: a JSON object."""
     try:
@@ -49,6 +52,8 @@ def _help(s: Setting) -> str:
 
 def _parse(s: Setting) -> Any:
     """How the flag's text is read: a number, a JSON object, or kept as text."""
+    if s.path:
+        return str
     if s.kind is dict:
         return json_object
     numbers: dict[tuple[type, ...], Any] = {(int,): int, (int, float): float}
@@ -126,8 +131,8 @@ def _value(s: Setting, value: Any) -> Any:
         return not s.default
     if s.repeat:
         return [value] if isinstance(value, str) else list(value)
-    if s.kind is Path:
-        return str(Path(value).resolve())
+    if s.path:
+        return str(Path(value).expanduser().resolve())
     return value
 
 
@@ -141,7 +146,11 @@ def apply_overrides(raw: Mapping[str, Any], ov: Overrides) -> dict[str, Any]:
         if s.section == "prompt":
             prompt[s.key] = (s, value)
         else:
-            out.setdefault(s.section, {})[s.key] = _value(s, value)
+            table = out.setdefault(s.section, {})
+            table[s.key] = _value(s, value)
+            other = _INSTEAD.get(s.key) if s.section == "input" else None
+            if other is not None:  # --manifest replaces the job's folder, --input its manifest
+                table.pop(other, None)
     file, text = prompt.pop("file", None), prompt.pop("text", None)
     replace = file or text  # --prompt-file wins over --prompt
     if replace is not None:  # one prompt, keeping the first job prompt's other settings
@@ -155,7 +164,7 @@ def apply_overrides(raw: Mapping[str, Any], ov: Overrides) -> dict[str, Any]:
         out["prompt"] = [{}]
     for table in out["prompt"]:  # the other prompt flags act on every prompt
         for s, value in prompt.values():
-            if s.kind is dict:  # --extra is merged into each prompt's extra
+            if s.kind is dict and not s.path:  # --extra is merged into each prompt's extra
                 table[s.key] = {**table.get(s.key, {}), **value}
             else:
                 table[s.key] = _value(s, value)

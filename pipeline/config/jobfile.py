@@ -81,9 +81,9 @@ def read_job_file(path: Path) -> dict[str, Any]:
             _check_table(value, key, f"[{key}]")
     base = path.resolve().parent
     for s in SETTINGS:
-        if s.kind is Path:
+        if s.path:
             for table in tables(raw, s.section):
-                if s.key in table:
+                if isinstance(table.get(s.key), str):
                     table[s.key] = str((base / os.path.expanduser(table[s.key])).resolve())
     raw["_source"] = str(path.resolve())
     return raw

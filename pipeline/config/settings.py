@@ -37,12 +37,17 @@ def setting(
     repeat: bool = False,
     dest: str | None = None,
     factory: Callable[[], Any] | None = None,
+    path: bool = False,
 ) -> Any:
     """Declare a setting (a dataclass field). ``flag`` is ``"--name METAVAR"``, ``"--name"`` for a
     one-way switch, or None for job-file only; ``accepts`` replaces the TOML types derived from
     the annotation; ``repeat`` lets the flag be given several times; ``dest`` names it in
-    ``Overrides`` when that is not the flag's name."""
-    meta = {"flag": flag, "help": help, "accepts": accepts, "repeat": repeat, "dest": dest}
+    ``Overrides`` when that is not the flag's name; ``path`` says a string value is a file path
+    (relative to the job file, or to the working directory for a flag), as ``Path`` fields are."""
+    meta = {
+        "flag": flag, "help": help, "accepts": accepts, "repeat": repeat, "dest": dest,
+        "path": path,
+    }  # fmt: skip
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -79,6 +84,12 @@ class InputConfig:
     patterns: tuple[str, ...] = setting(
         DEFAULT_PATTERNS, "--pattern GLOB", "file-name glob, any case (repeatable)", dest="patterns"
     )
+    manifest: Path | None = setting(
+        None, "--manifest FILE", "CSV, JSONL or Parquet list of images (instead of --input)"
+    )
+    keep: tuple[str, ...] = setting(
+        (), "--keep COL", "manifest column copied into the output rows (repeatable)", dest="keep"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +114,14 @@ class PromptConfig:
         flag="--extra JSON", help="more body fields, e.g. '{\"top_k\": 40}'", factory=dict
     )
     file: Path | None = setting(None, "--prompt-file FILE", "prompt text from a file")
+    schema: Mapping[str, Any] | None = setting(
+        None,
+        "--schema FILE",
+        "JSON Schema the answer must follow (a file, or an inline table in the job file); "
+        "its top-level properties become typed output columns",
+        accepts=(str, dict),
+        path=True,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +200,7 @@ class Setting:
     help: str
     repeat: bool  # the flag may be given several times (a list)
     dest: str  # its name in ``Overrides`` and argparse: the flag's name, ``--max-side`` -> max_side
+    path: bool = False  # a string value is a file path (``Path`` fields, and e.g. ``schema``)
 
     @property
     def switch(self) -> bool:
@@ -218,6 +238,7 @@ def _read(section: str, f: Field[Any], hint: Any) -> Setting:
         help=meta["help"],
         repeat=meta["repeat"] or kind is tuple,
         dest=meta["dest"] or flag.lstrip("-").replace("-", "_") or f.name,
+        path=kind is Path or meta["path"],
     )
 
 
