@@ -75,8 +75,8 @@ async def execute(job: Job) -> RunResult:
     info = await preflight(job, api_key)
     log.info(
         "endpoint %s serves %s (max_model_len %s); input %s; output %s",
-        ", ".join(job.endpoint.urls), job.endpoint.model, info.max_model_len, job.input.root,
-        job.run.output,
+        ", ".join(job.endpoint.urls), job.endpoint.model, info.max_model_len,
+        job.input.manifest or job.input.root, job.run.output,
     )  # fmt: skip
     return await Runner(job, api_key=api_key, handle_signals=True).run()
 

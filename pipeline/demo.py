@@ -7,10 +7,12 @@ import shlex
 import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 
 from .cli import run_job as run_and_report
 from .config import Overrides, load_job
+from .schema import own_columns
 from .sim import SimConfig, SimServer
 
 log = logging.getLogger("pipeline")
@@ -21,16 +23,25 @@ def run_demo(job_file: Path, *, no_progress: bool = False) -> int:
         log.info("simulator listening on %s (simulated captions, no GPU)", sim.base_url)
         job = load_job(job_file, Overrides(endpoint=sim.base_url, no_progress=no_progress))
         code = run_and_report(job)
-    table = ds.dataset(job.run.output, format="parquet").to_table(
-        columns=["image_path", "prompt_name", "status", "caption"]
-    )
+    dataset = ds.dataset(job.run.output, format="parquet")
+    # a schema's fields and kept columns, the one-value ones first: they fit on a line
+    fields = sorted(own_columns(dataset.schema), key=lambda f: pa.types.is_nested(f.type))
+    own = [f.name for f in fields]
+    table = dataset.to_table(columns=["image_path", "prompt_name", "status", "caption", *own])
     print(f"\n{table.num_rows} rows in {job.run.output} - a few of them:")
     for row in table.slice(0, 3).to_pylist():
-        caption = (row["caption"] or "")[:90]
-        print(f"  {row['image_path']:<32} {row['prompt_name']:<12} {row['status']:<7} {caption}")
+        fields_text = " ".join(f"{name}={row[name]!r}" for name in own)
+        text = fields_text or row["caption"] or ""  # typed fields say more than raw JSON
+        print(f"  {row['image_path']:<24} {row['prompt_name']:<12} {row['status']:<7} {text[:90]}")
+    python = shlex.quote(sys.executable)
+    if own:
+        columns = ", ".join(repr(c) for c in ["image_path", *own[:4]])
+        read = f"import pandas as pd; print(pd.read_parquet('{job.run.output}')[[{columns}]])"
+    else:
+        table_of = f"ds.dataset('{job.run.output}').to_table()"
+        read = f"import pyarrow.dataset as ds; print({table_of}.slice(0, 5))"
     print(
-        f'\nRead it with: {shlex.quote(sys.executable)} -c "import pyarrow.dataset as ds; '
-        f"print(ds.dataset('{job.run.output}').to_table().slice(0, 5))\""
+        f'\nRead it with: {python} -c "{read}"'
         "\nRun `make demo` again: it finds nothing left to do and sends no request."
     )
     return code
