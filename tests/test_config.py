@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -510,3 +510,104 @@ class TestInvalid:
         path.write_bytes(b"[run]\noutput = '\xff\xfe'\n")
         with pytest.raises(ConfigError, match="cannot read job file"):
             load_job(path, Overrides())
+
+
+class TestAnnotationSettings:
+    """Schemas and manifests in the job file and as flags."""
+
+    SCHEMA: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {"label": {"type": "string"}},
+    }
+
+    def test_schema_file_resolves_against_the_job_file(self, project: Path) -> None:
+        """schema = "file.json" is read relative to the job file's folder."""
+        (project / "schemas").mkdir()
+        (project / "schemas" / "s.json").write_text(json.dumps(self.SCHEMA))
+        job = load_job(
+            write_job(project, prompt=f'{DEFAULT_PROMPT}\nschema = "../schemas/s.json"'),
+            Overrides(),
+        )
+        assert job.prompts[0].schema == self.SCHEMA
+
+    def test_inline_schema_table(self, project: Path) -> None:
+        """An inline TOML table is the schema itself."""
+        table = '{ type = "object", properties = { n = { type = "integer" } } }'
+        prompt = f"{DEFAULT_PROMPT}\nschema = {table}"
+        job = load_job(write_job(project, prompt=prompt), Overrides())
+        assert job.prompts[0].schema == {"type": "object", "properties": {"n": {"type": "integer"}}}
+
+    @pytest.mark.parametrize(
+        ("schema_text", "match"),
+        [
+            (None, "schema file not found"),
+            ("{not json", "is not valid JSON"),
+            ("[1]", "must hold a JSON object"),
+            ('{"type": "string"}', "describe an object with properties"),
+            ('{"type": "object", "properties": {"status": {"type": "string"}}}', "built-in"),
+        ],
+    )
+    def test_bad_schema_files(self, project: Path, schema_text: str | None, match: str) -> None:
+        """A schema file that is missing, not JSON or not usable stops the run before it starts."""
+        if schema_text is not None:
+            (project / "s.json").write_text(schema_text)
+        with pytest.raises(ConfigError, match=match):
+            load_job(
+                write_job(project, prompt=f'{DEFAULT_PROMPT}\nschema = "../s.json"'), Overrides()
+            )
+
+    def test_schema_and_extra_response_format_clash(self, project: Path) -> None:
+        """schema sets response_format itself: giving both is an error."""
+        (project / "s.json").write_text(json.dumps(self.SCHEMA))
+        extra = 'extra = { response_format = { type = "json_object" } }'
+        prompt = f'{DEFAULT_PROMPT}\nschema = "../s.json"\n{extra}'
+        with pytest.raises(ConfigError, match=r"either schema or extra\.response_format"):
+            load_job(write_job(project, prompt=prompt), Overrides())
+
+    def test_manifest_replaces_root_and_back(self, project: Path) -> None:
+        """--manifest replaces the job file's folder; --input replaces its manifest."""
+        (project / "list.csv").write_text("image,title\na.jpg,A\n")
+        path = write_job(project)
+        job = load_job(path, Overrides(manifest=str(project / "list.csv")))
+        assert job.input.manifest == project / "list.csv"
+        assert job.input.root == project
+        both = write_job(project, input_='manifest = "../list.csv"', name="m.toml")
+        assert load_job(both, Overrides(input=str(project / "images"))).input.manifest is None
+
+    @pytest.mark.parametrize(
+        ("input_", "prompt", "match"),
+        [
+            ('root = "../images"\nmanifest = "../list.csv"', DEFAULT_PROMPT, "either"),
+            ('root = "../images"\nkeep = ["title"]', DEFAULT_PROMPT, "needs a manifest"),
+            ('manifest = "../list.csv"\nkeep = ["nope"]', DEFAULT_PROMPT, "'nope' is not in"),
+            ('manifest = "../list.csv"\nkeep = ["status"]', DEFAULT_PROMPT, "built-in"),
+            (
+                'manifest = "../list.csv"',
+                'text = "About $titel"',
+                r"unknown template variable.*\$titel",
+            ),
+            ('manifest = "../list.tsv"', DEFAULT_PROMPT, "unsupported file type"),
+        ],
+    )
+    def test_bad_manifest_settings(
+        self, project: Path, input_: str, prompt: str, match: str
+    ) -> None:
+        """Manifest mistakes found before the run: exit 2 with what to fix."""
+        (project / "list.csv").write_text("image,title,status\na.jpg,A,x\n")
+        (project / "list.tsv").write_text("image\ta.jpg\n")
+        with pytest.raises(ConfigError, match=match):
+            load_job(write_job(project, input_=input_, prompt=prompt), Overrides())
+
+    def test_manifest_columns_are_template_variables(self, project: Path) -> None:
+        """A CSV manifest's columns are known variables (not $image: it is the picture)."""
+        (project / "list.csv").write_text("image,title\na.jpg,A\n")
+        job = load_job(
+            write_job(project, input_='manifest = "../list.csv"', prompt='text = "About $title"'),
+            Overrides(),
+        )
+        assert job.prompts[0].text == "About $title"
+        with pytest.raises(ConfigError, match=r"\$image"):
+            load_job(
+                write_job(project, input_='manifest = "../list.csv"', prompt='text = "$image"'),
+                Overrides(),
+            )
