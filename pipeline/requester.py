@@ -10,6 +10,10 @@ concurrency limiter); other waits between attempts leave it to other items. A fi
 is handed on even if the run is being stopped (the send is shielded), so an answer that
 arrived is never thrown away.
 
+With several endpoints, the prompts of one image go to the endpoint its first prompt went to
+(that server's prefix and image caches hold it) unless it is busier than the least-loaded one
+by more than the number of prompts.
+
 A prompt with a JSON Schema has each answer parsed and validated (``AnswerCheck``): an answer
 that is not JSON, was cut off or breaks the schema is tried again at once (it counts in
 ``attempts``); after the last attempt the row is ``failed`` with ``schema: <why>`` and the raw
