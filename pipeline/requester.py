@@ -119,9 +119,9 @@ class Requester:
                 if image is None or len(self.routes) == 1:
                     return least
                 last = self._affinity.get(image)
-                if last is not None and last in healthy:
-                    if last.client.in_flight <= least.client.in_flight + self.prompts:
-                        return last
+                busier = 0 if last is None else last.client.in_flight - least.client.in_flight
+                if last in healthy and busier <= self.prompts:
+                    return last
                 self._affinity[image] = least
                 if len(self._affinity) > AFFINITY_IMAGES:
                     self._affinity.popitem(last=False)
