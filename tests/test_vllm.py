@@ -8,14 +8,18 @@ errors, metrics and resume. Skipped by plain ``make test`` (no server).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import jsonschema
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 from helpers import make_images
@@ -200,3 +204,81 @@ def test_kv_bound_server_auto_keeps_the_batch_running(
         streak = streak + 1 if waiting > 0 and limit < running else 0
         assert streak <= 1, steps
     assert "kv-bound" in capsys.readouterr().out
+
+
+# A schema the tiny random model can finish: every value is bounded (an enum, a boolean, an
+# integer range, strings with maxLength, an array with maxItems). xgrammar enforces maxLength
+# and maxItems, and the random model runs strings to their cap; an unbounded string or integer
+# runs on until max_tokens (finish_reason "length").
+SMALL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "rating": {"type": "string", "enum": ["poor", "fair", "good", "excellent"]},
+        "contains_text": {"type": "boolean"},
+        "count": {"type": "integer", "minimum": 0, "maximum": 9},
+        "label": {"type": "string", "maxLength": 20},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 3},
+    },
+    "required": ["rating", "contains_text", "count", "label", "tags"],
+    "additionalProperties": False,
+}
+
+
+def whitespace_bias() -> dict[str, int]:
+    """A ``logit_bias`` that pushes away every token that is only whitespace.
+
+    xgrammar lets JSON have any whitespace between tokens and the random model takes it (at
+    temperature 0 it emits newlines until max_tokens). vLLM 0.32 forbids that only per server
+    (``--structured-outputs-config '{"backend":"xgrammar","disable_any_whitespace":true}'``;
+    the request field ``structured_outputs.disable_any_whitespace`` is accepted and ignored),
+    so the request carries this bias instead. The token ids come from the real server's
+    ``/tokenize``, not hard-coded.
+    """
+    bias: dict[str, int] = {}
+    for ws in (" ", "\n", "\n\n", "\n\n\n", "\n\n\n\n", "\t", "\r"):
+        r = httpx.post(URL.removesuffix("/v1") + "/tokenize", timeout=10, json={
+            "model": "gemma3-27b", "prompt": ws, "add_special_tokens": False,
+            "return_token_strs": True})  # fmt: skip
+        r.raise_for_status()
+        got = r.json()
+        for token, text in zip(got["tokens"], got["token_strs"], strict=True):
+            if not text.replace("\u2581", " ").strip():  # U+2581: SentencePiece's space
+                bias[str(token)] = -100
+    assert bias, "the server's tokenizer has no whitespace-only token"
+    return bias
+
+
+def test_structured_prompt_lands_in_typed_columns(tmp_path: Path) -> None:
+    """--schema: vLLM constrains the answer to the schema (response_format json_schema), each
+    top-level property lands in a typed column, and caption keeps the JSON text."""
+    schema_file = tmp_path / "look.json"
+    schema_file.write_text(json.dumps(SMALL_SCHEMA))
+    root = tmp_path / "img"
+    root.mkdir()
+    photos = sorted((DATA / "images" / "space").glob("*.jpg"))[:3]
+    for photo in photos:
+        (root / photo.name).write_bytes(photo.read_bytes())
+    out = tmp_path / "out"
+    extra = json.dumps({"logit_bias": whitespace_bias()})
+    # ~90 completion tokens per answer with the bias; 256 leaves room (without it: "length")
+    code = run(root, out, "--schema", str(schema_file), "--max-tokens", "256",
+               "--temperature", "0", "--extra", extra, "--concurrency", "3")  # fmt: skip
+    assert code == 0
+    table = ds.dataset(out, format="parquet").to_table()
+    types = {name: table.schema.field(name).type for name in SMALL_SCHEMA["properties"]}
+    assert types == {
+        "rating": pa.string(),  # enum of strings
+        "contains_text": pa.bool_(),
+        "count": pa.int64(),
+        "label": pa.string(),
+        "tags": pa.list_(pa.string()),
+    }
+    got = table.to_pylist()
+    assert len(got) == len(photos)
+    for row in got:
+        assert row["status"] == "ok", row["error"]
+        assert row["finish_reason"] == "stop"
+        values = {name: row[name] for name in types}
+        jsonschema.validate(values, SMALL_SCHEMA)  # the reference validator, not the pipeline's
+        assert json.loads(str(row["caption"])) == values  # caption: the answer's JSON text
+        assert int(str(row["prompt_tokens"])) > 256  # the image went along
