@@ -1,7 +1,8 @@
 """Request bodies and item keys: prompt + image -> OpenAI chat body, and the resume key.
 
 The body is exactly the shape of the original one-image script: a system message (unless the
-prompt sets none), then one user message holding the prompt text and the image as a data URI;
+prompt sets none), then one user message holding the prompt text and the image as a data URI
+(the image first with ``image_first``);
 ``model``, ``max_tokens``, ``temperature``, ``top_p``, plus the prompt's ``extra`` fields, and
 for a prompt with a JSON Schema its ``response_format``.
 """
@@ -25,15 +26,13 @@ def build_body(model: str, prompt: PromptConfig, text: str, data_uri: str) -> di
     messages: list[dict[str, Any]] = []
     if prompt.system:
         messages.append({"role": "system", "content": prompt.system})
-    messages.append(
-        {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": text},
-                {"type": "image_url", "image_url": {"url": data_uri}},
-            ],
-        }
-    )
+    content: list[dict[str, Any]] = [
+        {"type": "text", "text": text},
+        {"type": "image_url", "image_url": {"url": data_uri}},
+    ]
+    if prompt.image_first:  # a prefix shared by every prompt of the image
+        content.reverse()
+    messages.append({"role": "user", "content": content})
     body: dict[str, Any] = {
         "model": model,
         "messages": messages,
@@ -124,6 +123,8 @@ def settings_digest(
         "jpeg_quality": image.jpeg_quality,
         "passthrough": image.passthrough,
     }
+    if prompt.image_first:  # only when set, so the keys of earlier runs stay as they were
+        material["image_first"] = True
     if prompt.schema is not None:  # what is sent names the prompt: json_schema.name
         material["schema"] = {"name": prompt.name, "schema": prompt.schema}
     blob = json.dumps(material, sort_keys=True, ensure_ascii=True, default=str)

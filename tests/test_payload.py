@@ -62,6 +62,22 @@ class TestBuildBody:
         assert body["model"] == "m"
         assert len(body["messages"]) == 2
 
+    def test_image_first_puts_the_image_before_the_text(self) -> None:
+        """image_first sends the image, then the text: a prefix every prompt of it shares."""
+        body = build_body("m", _prompt(image_first=True), "Describe", "data:image/jpeg;base64,QQ==")
+        assert [part["type"] for part in body["messages"][-1]["content"]] == ["image_url", "text"]
+
+    def test_schema_adds_response_format_and_nothing_else(self) -> None:
+        """A schema'd prompt's body is the free-text body plus its response_format."""
+        schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+        plain = build_body("m", _prompt(), "Describe", "data:image/jpeg;base64,QQ==")
+        body = build_body("m", _prompt(schema=schema), "Describe", "data:image/jpeg;base64,QQ==")
+        assert body.pop("response_format") == {
+            "type": "json_schema",
+            "json_schema": {"name": BASE_PROMPT.name, "schema": schema, "strict": True},
+        }
+        assert body == plain
+
     def test_body_is_json_serialisable(self) -> None:
         """The body can be encoded as JSON unchanged."""
         prompt = PromptConfig(name="p", text="t", extra={"seed": 1})
@@ -183,6 +199,8 @@ class TestItemKey:
             ("image", _image(max_side=512)),
             ("image", _image(jpeg_quality=85)),
             ("image", _image(passthrough=False)),
+            ("prompt", _prompt(image_first=True)),
+            ("prompt", _prompt(schema={"type": "object", "properties": {"a": {}}})),
         ],
     )
     def test_key_changes_with_each_input(self, field: str, value: Any) -> None:

@@ -114,6 +114,12 @@ class PromptConfig:
         flag="--extra JSON", help="more body fields, e.g. '{\"top_k\": 40}'", factory=dict
     )
     file: Path | None = setting(None, "--prompt-file FILE", "prompt text from a file")
+    image_first: bool = setting(
+        False,
+        "--image-first",
+        "send the image before the prompt text: vLLM's prefix cache then reuses the image's "
+        "tokens across the prompts of one image",
+    )
     schema: Mapping[str, Any] | None = setting(
         None,
         "--schema FILE",
