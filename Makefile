@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/client_scaling.py --big
 	$(BIN)/python bench/client_scaling.py
 	$(BIN)/python bench/saturation.py
+	$(BIN)/python bench/structured.py
 	$(BIN)/python bench/vs_seed.py
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/bookkeeping.py
