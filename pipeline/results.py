@@ -1,0 +1,173 @@
+"""Reading an output dataset back: all rows as one table, the current row per item, the job
+that wrote it, and its runs. The read side of ``export``, ``status`` and ``report``.
+
+An *item* is one image x one prompt: ``(image_path, prompt_name)``. A dataset can hold several
+rows of one item (a ``failed`` row and, after a rerun, an ``ok`` one; or rows for an image whose
+bytes changed); the *current* row is the one that finished last.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import OutputError
+from .schema import SCHEMA
+from .sink import PART_GLOB
+
+RUNS_NAME = "_caption_runs.jsonl"
+ITEM = ("image_path", "prompt_name")
+
+
+def part_files(output: Path) -> list[Path]:
+    """The dataset's part files, oldest run first (names sort by run id, which sorts by time)."""
+    if not output.is_dir():
+        raise OutputError(f"{output} is not a folder (no caption output there)")
+    return sorted(output.glob(PART_GLOB))
+
+
+def read_rows(output: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """Every row of every part file as one table (columns a part lacks are null there).
+
+    ``columns``: only these (those no part has are left out). An output without part files
+    gives an empty table of the built-in schema.
+    """
+    tables: list[pa.Table] = []
+    for part in part_files(output):
+        try:
+            pf = pq.ParquetFile(part)
+            names = pf.schema_arrow.names
+            wanted = None if columns is None else [c for c in columns if c in names]
+            tables.append(pf.read(columns=wanted))
+        except (OSError, ValueError) as exc:
+            raise OutputError(f"cannot read the part file {part} ({exc})") from None
+    if not tables:
+        schema = SCHEMA if columns is None else pa.schema([SCHEMA.field(c) for c in columns])
+        return schema.empty_table()
+    table = pa.concat_tables(tables, promote_options="default")
+    return table.replace_schema_metadata(None)
+
+
+def current(table: pa.Table, *, status: str | None = None) -> pa.Table:
+    """The latest row (by ``finished_at``) of each item; with ``status``, the latest row of that
+    status (``status="ok"``: each item's latest answer, even if a later attempt failed).
+
+    Sorted by image path, then prompt name.
+    """
+    if status is not None:
+        table = table.filter(pc.equal(table["status"], status))
+    if table.num_rows == 0:
+        return table
+    order = table.sort_by(
+        [("image_path", "ascending"), ("prompt_name", "ascending"), ("finished_at", "ascending")]
+    )
+    n = order.num_rows
+    paths, prompts = order["image_path"], order["prompt_name"]
+    later_p, later_q = paths.slice(1), prompts.slice(1)
+    differs = pc.or_(
+        pc.not_equal(paths.slice(0, n - 1), later_p),
+        pc.not_equal(prompts.slice(0, n - 1), later_q),
+    )
+    last = pa.concat_arrays([*differs.chunks, pa.array([True])]) if n > 1 else pa.array([True])
+    return order.filter(last)
+
+
+def job_of(output: Path) -> dict[str, Any] | None:
+    """The resolved job (``caption.job`` metadata) of the newest part file, if any."""
+    for part in reversed(part_files(output)):
+        try:
+            meta = pq.read_schema(part).metadata or {}
+        except (OSError, ValueError):
+            continue
+        raw = meta.get(b"caption.job")
+        if raw is not None:
+            job: dict[str, Any] = json.loads(raw)
+            return job
+    return None
+
+
+@dataclass
+class RunRecord:
+    """One run, from the start and end lines it appended to ``_caption_runs.jsonl``."""
+
+    run_id: str
+    started_at: str
+    pid: int | None = None
+    host: str | None = None
+    command: str | None = None
+    input: str | None = None  # the input root or manifest, absolute
+    ended_at: str | None = None
+    exit_code: int | None = None
+    wall_s: float | None = None
+    stop_reason: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float | None:
+        images = self.counts.get("images")
+        if self.wall_s is None or not images or self.wall_s <= 0:
+            return None
+        return images / self.wall_s
+
+    @property
+    def finished(self) -> bool:
+        return self.ended_at is not None
+
+
+def read_runs(output: Path) -> list[RunRecord]:
+    """The runs recorded in ``output``, oldest first (a line that does not parse is skipped:
+    a run killed while writing it leaves half a line)."""
+    path = output / RUNS_NAME
+    runs: dict[str, RunRecord] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise OutputError(f"cannot read {path}: {exc}") from None
+    for line in lines:
+        try:
+            rec = json.loads(line)
+            run_id = rec["run_id"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if rec.get("event") == "start":
+            runs[run_id] = RunRecord(
+                run_id=run_id,
+                started_at=rec.get("time", ""),
+                pid=rec.get("pid"),
+                host=rec.get("host"),
+                command=rec.get("command"),
+                input=rec.get("input"),
+            )
+        elif rec.get("event") == "end" and run_id in runs:
+            run = runs[run_id]
+            run.ended_at = rec.get("time")
+            run.exit_code = rec.get("exit_code")
+            run.wall_s = rec.get("wall_s")
+            run.stop_reason = rec.get("stop_reason")
+            run.counts = dict(rec.get("counts") or {})
+    return list(runs.values())
+
+
+def append_run_line(output: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line (``event`` start or end, ``run_id``, ``time`` added) to the run log.
+
+    One ``write`` of a whole line with O_APPEND: concurrent writers never interleave lines.
+    """
+    rec = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), **record}
+    line = (json.dumps(rec, ensure_ascii=False, default=str) + "\n").encode()
+    fd = os.open(output / RUNS_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
