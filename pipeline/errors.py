@@ -14,22 +14,28 @@
     │       └── PermanentError        not worth another attempt (other 4xx); keeps the
     │                                 server's message
     └── OutputError                   the output directory cannot be used (exit code 2)
-        └── OutputBusyError           another run holds the output's lock (exit code 75)
+        ├── OutputBusyError           another run holds the output's lock (exit code 75)
+        └── StorageError              writing the output failed: disk full, over quota,
+                                      read-only, the folder vanished (exit code 74)
 
 Anything else that escapes is a bug: ``caption`` prints it and exits 70.
 
 Exit codes (one table, used by the runner and the CLI): 0 no item failed in this run,
-1 some items failed, 2 usage/configuration/output error, 70 internal error, 75 try later
-(output locked by another run, or the server away longer than max_outage), 130/143 stopped
-by SIGINT/SIGTERM.
+1 some items failed, 2 usage/configuration/output error, 70 internal error, 74 the output
+could not be written (disk full, quota, read-only; everything written before is kept), 75 try
+later (output locked by another run, or the server away longer than max_outage), 130/143
+stopped by SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
+
+import errno
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_SOFTWARE = 70
+EXIT_IOERR = 74
 EXIT_TEMPFAIL = 75
 
 
@@ -47,6 +53,18 @@ class OutputError(CaptionError):
 
 class OutputBusyError(OutputError):
     """Another run is writing the same output folder (the cron-overlap case)."""
+
+
+class StorageError(OutputError):
+    """Writing into the output failed (ENOSPC, EDQUOT, EROFS, a vanished folder...): the run
+    stops sending at once, keeps what is durable, and exits 74; a rerun resumes."""
+
+    def __init__(self, path: object, exc: OSError) -> None:
+        name = errno.errorcode.get(exc.errno or 0, "") if exc.errno else ""
+        why = exc.strerror or str(exc)
+        super().__init__(f"cannot write {path}: {why}" + (f" ({name})" if name else ""))
+        self.path = path
+        self.errno = exc.errno
 
 
 class ItemError(CaptionError):

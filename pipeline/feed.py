@@ -74,24 +74,10 @@ def read_file(path: str | os.PathLike[str]) -> tuple[bytes, str]:
         raise InvalidImageError(f"cannot read file: {exc.strerror or exc}") from None
 
 
-class Feed:
-    def __init__(
-        self,
-        job: Job,
-        cache: HashCache,
-        done: set[str],
-        tally: Tally,
-        make_row: RowMaker,
-        cpu: anyio.CapacityLimiter,
-        on_fatal: Callable[[str], None] = lambda _why: None,
-    ) -> None:
-        self.job = job
-        self.on_fatal = on_fatal  # the input cannot be read on: stop the run (exit 2)
-        self.cache = cache
-        self.done = done
-        self.tally = tally
-        self.make_row = make_row
-        self.cpu = cpu
+class ItemKeys:
+    """The items of one input file (one per prompt) and their keys."""
+
+    def __init__(self, job: Job) -> None:
         # Per prompt: its settings digests (of the row, and of the request), and its text when
         # it uses no $variables.
         self._prompts = [
@@ -103,7 +89,50 @@ class Feed:
             )
             for p in job.prompts
         ]
-        self._names = [names(p.text) for p in job.prompts]  # the variables each prompt uses
+        self.variables: set[str] = set().union(*(names(p.text) for p in job.prompts))
+
+    def pending(self, f: ImageFile, sha: str, done: set[str] | None = None) -> list[Pending]:
+        """Every (image, prompt) item of ``f`` with its key, but those whose key is in ``done``
+        (keys are checked before any object is made: most files of a rerun have none)."""
+        out = []
+        for prompt, settings, request_settings, fixed_text in self._prompts:
+            error = None
+            if fixed_text is not None:
+                text = fixed_text
+            else:
+                try:
+                    text = render(prompt.text, f.relpath, f.variables)
+                except MissingVariable as exc:  # the key then holds the template itself
+                    text, error = prompt.text, f"the manifest row has no value for ${exc.args[0]}"
+            key = key_from(settings, sha, f.relpath, text)
+            if done is None or key not in done:
+                rkey = key_from(request_settings, sha, "", text)
+                out.append(Pending(key, prompt, text, rkey, error))
+        return out
+
+
+class Feed:
+    def __init__(
+        self,
+        job: Job,
+        cache: HashCache,
+        done: set[str],
+        tally: Tally,
+        make_row: RowMaker,
+        cpu: anyio.CapacityLimiter,
+        on_fatal: Callable[[str], None] = lambda _why: None,
+        on_limit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.job = job
+        self.on_limit = on_limit  # ``[run] limit`` items were sent: stop feeding
+        self.budget = job.run.limit  # items still allowed to go to the server (None: no cap)
+        self.on_fatal = on_fatal  # the input cannot be read on: stop the run (exit 2)
+        self.cache = cache
+        self.done = done
+        self.tally = tally
+        self.make_row = make_row
+        self.cpu = cpu
+        self.keys = ItemKeys(job)
 
     async def walk(self, tx: ObjectSendStream[ImageFile]) -> None:
         """List the tree in a thread, a batch at a time; files whose items are all done (by
@@ -112,7 +141,7 @@ class Feed:
         files: Iterator[ImageFile] = (
             walk_images(inp.root, inp.patterns)
             if inp.manifest is None
-            else manifest_files(inp.manifest, inp.keep, set().union(*self._names))
+            else manifest_files(inp.manifest, inp.keep, self.keys.variables)
         )
         n_prompts = len(self.job.prompts)
 
@@ -166,22 +195,8 @@ class Feed:
 
     def pending(self, f: ImageFile, sha: str, *, skip_done: bool = False) -> list[Pending]:
         """Every (image, prompt) item of ``f`` with its key; with ``skip_done`` only those not
-        done yet (keys are checked before any object is made: most files of a rerun have none)."""
-        out = []
-        for prompt, settings, request_settings, fixed_text in self._prompts:
-            error = None
-            if fixed_text is not None:
-                text = fixed_text
-            else:
-                try:
-                    text = render(prompt.text, f.relpath, f.variables)
-                except MissingVariable as exc:  # the key then holds the template itself
-                    text, error = prompt.text, f"the manifest row has no value for ${exc.args[0]}"
-            key = key_from(settings, sha, f.relpath, text)
-            if not (skip_done and key in self.done):
-                rkey = key_from(request_settings, sha, "", text)
-                out.append(Pending(key, prompt, text, rkey, error))
-        return out
+        done yet."""
+        return self.keys.pending(f, sha, self.done if skip_done else None)
 
     def _load(self, f: ImageFile) -> Loaded:
         """Read, hash, find the items still to do and encode, in one worker-thread hop."""
@@ -251,11 +266,17 @@ class Feed:
                     if got.image is None:
                         continue
                     for p in usable:  # keys were computed in the thread; one image for all
+                        if self.budget is not None:
+                            if self.budget <= 0:
+                                break
+                            self.budget -= 1
                         item = RequestItem(
                             p.key, p.request_key, f.relpath, got.sha, p.prompt, p.text, got.image,
                             got.encode_s, time.perf_counter(), f.keep,
                         )  # fmt: skip
                         await tx.send(item)
+                        if self.budget == 0:
+                            self.on_limit()  # the last one is sent: stop feeding
 
     async def _invalid(
         self,

@@ -15,6 +15,7 @@ with that run's column types; it goes when the run's last segment goes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -90,16 +91,26 @@ class Journal:
                 self._fh = open(self.path(self.seq), "a", encoding="utf-8")  # noqa: SIM115
                 os.chmod(self.path(self.seq), 0o644)
                 fsync_dir(self.folder)
-            self._fh.write("".join(_encode(r) + "\n" for r in rows))
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            try:
+                self._fh.write("".join(_encode(r) + "\n" for r in rows))
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            except OSError:  # disk full...: what reached the file stays, a torn line is dropped
+                self._drop()
+                raise
+
+    def _drop(self) -> None:
+        """Close the segment, dropping what could not be written (no retry on close)."""
+        fh, self._fh = self._fh, None
+        if fh is None:
+            return
+        with contextlib.suppress(OSError):  # the file is closed even when its flush fails
+            fh.close()
 
     def rotate(self) -> int:
         """Close the current segment and return its number; later rows go to the next one."""
         with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+            self._drop()
             done, self.seq = self.seq, self.seq + 1
             return done
 
@@ -114,9 +125,7 @@ class Journal:
     def close(self) -> None:
         """Close the segment; the schema file goes once no segment of this run is left."""
         with self._lock:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
+            self._drop()
             if not any(self.folder.glob(f"{PREFIX}{self.run_id}-*.jsonl")):
                 self._schema_path.unlink(missing_ok=True)
 

@@ -105,6 +105,7 @@ class RunRecord:
     host: str | None = None
     command: str | None = None
     input: str | None = None  # the input root or manifest, absolute
+    prompts: list[str] = field(default_factory=list)
     ended_at: str | None = None
     exit_code: int | None = None
     wall_s: float | None = None
@@ -113,10 +114,11 @@ class RunRecord:
 
     @property
     def images_per_s(self) -> float | None:
-        images = self.counts.get("images")
-        if self.wall_s is None or not images or self.wall_s <= 0:
+        """Images this run finished (its items over its prompts) per second of wall time."""
+        items = self.counts.get("items")
+        if self.wall_s is None or items is None or self.wall_s <= 0:
             return None
-        return images / self.wall_s
+        return items / max(1, len(self.prompts)) / self.wall_s
 
     @property
     def finished(self) -> bool:
@@ -148,6 +150,7 @@ def read_runs(output: Path) -> list[RunRecord]:
                 host=rec.get("host"),
                 command=rec.get("command"),
                 input=rec.get("input"),
+                prompts=list(rec.get("prompts") or []),
             )
         elif rec.get("event") == "end" and run_id in runs:
             run = runs[run_id]

@@ -13,10 +13,16 @@ both scopes, so every answer received is saved.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import secrets
+import shlex
 import signal
+import socket
+import sqlite3
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +37,22 @@ from .breaker import Breaker, health_url, http_probe
 from .client import ChatClient, auth_headers, tls_for
 from .collector import Collector
 from .config import Job
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_TEMPFAIL, EXIT_USAGE, OutputError
+from .errors import (
+    EXIT_FAILED,
+    EXIT_IOERR,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    EXIT_USAGE,
+    OutputError,
+    StorageError,
+)
 from .feed import Feed
 from .items import RequestItem, Row, RowMaker
 from .journal import Journal
 from .journal import recover as recover_journal
 from .progress import Reporter, Tally
 from .requester import Requester, Route
+from .results import append_run_line
 from .retry import RetryPolicy
 from .schema import COLUMNS, schema_with_job
 from .sink import PartWriter, compact, recover_compaction, remove_stale_temps, widen
@@ -55,6 +70,7 @@ from .walker import ImageFile
 
 log = logging.getLogger(__name__)
 
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 AUTO_START = 64  # first concurrency of "auto"; it doubles per step while the server has room
 
 
@@ -66,6 +82,7 @@ class RunResult:
     wall_s: float
     stop_reason: str | None = None
     stop_code: int | None = None
+    limited: bool = False  # the run sent its [run] limit of items and stopped feeding
 
     @property
     def exit_code(self) -> int:
@@ -103,6 +120,7 @@ class Runner:
         self.encoders = max(2, os.cpu_count() or 2)
         self.stop_reason: str | None = None
         self.stop_code: int | None = None
+        self.limited = False  # stopped feeding at [run] limit
         self._feed_scope: anyio.CancelScope | None = None
         self._work_scope: anyio.CancelScope | None = None
         self._requester: Requester | None = None
@@ -115,34 +133,85 @@ class Runner:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            if exc.errno in STORAGE_ERRNOS:
+                raise StorageError(out, exc) from None
             raise OutputError(f"cannot create output folder {out}: {exc}") from None
         lock = OutputLock(out)
-        lock.acquire()
+        lock.acquire(self.run_id)
         try:
-            schema = schema_with_job(self.job.public_dict(), job_columns(self.job))
-            await anyio.to_thread.run_sync(_recover, out, schema)
-            done, schema = await anyio.to_thread.run_sync(
-                lambda: _scan(out, schema, include_invalid=not self.job.run.retry_invalid)
-            )
-            cache = open_hash_cache(out)
-            writer = PartWriter(out, self.run_id, schema)
-            journal = Journal(out, self.run_id, schema)
-            reporter = Reporter(self.tally, enabled=self.job.run.progress)
-            started = time.monotonic()
-            collector = Collector(
-                writer, journal, cache, self.tally, reporter, self.job.run.flush_interval
-            )
             try:
-                await self._pipeline(cache, done, collector)
-            finally:
-                reporter.close()
-                journal.close()
-                await anyio.to_thread.run_sync(cache.close)
-            wall = time.monotonic() - started
-            await anyio.to_thread.run_sync(compact, out, self.run_id, writer.parts, writer.schema)
-            return RunResult(self.tally, self.run_id, out, wall, self.stop_reason, self.stop_code)
+                result = await self._run_locked(out)
+            except OSError as exc:  # setting up or finishing: recovery, widening, the cache...
+                raise StorageError(exc.filename or out, exc) from None
+            self._log_run(out, "end", result)
+            return result
         finally:
             lock.release()
+
+    async def _run_locked(self, out: Path) -> RunResult:
+        schema = schema_with_job(self.job.public_dict(), job_columns(self.job))
+        await anyio.to_thread.run_sync(_recover, out, schema)
+        done, schema = await anyio.to_thread.run_sync(
+            lambda: _scan(out, schema, include_invalid=not self.job.run.retry_invalid)
+        )
+        self._log_run(out, "start")
+        cache = open_hash_cache(out)
+        writer = PartWriter(out, self.run_id, schema)
+        journal = Journal(out, self.run_id, schema)
+        reporter = Reporter(self.tally, enabled=self.job.run.progress)
+        started = time.monotonic()
+        collector = Collector(
+            writer, journal, cache, self.tally, reporter, self.job.run.flush_interval,
+            self._storage_failed,
+        )  # fmt: skip
+        try:
+            await self._pipeline(cache, done, collector)
+        finally:
+            reporter.close()
+            journal.close()
+            with contextlib.suppress(sqlite3.Error):  # only a cache
+                await anyio.to_thread.run_sync(cache.close)
+        wall = time.monotonic() - started
+        if collector.storage_error is None:
+            try:
+                await anyio.to_thread.run_sync(
+                    compact, out, self.run_id, writer.parts, writer.schema
+                )
+            except OSError as exc:  # the parts stay as they are; the next run recovers
+                self._storage_failed(StorageError(exc.filename or out, exc))
+        return RunResult(
+            self.tally, self.run_id, out, wall, self.stop_reason, self.stop_code, self.limited
+        )
+
+    def _log_run(self, out: Path, event: str, result: RunResult | None = None) -> None:
+        """A start or end line in the output's run log (``caption status`` reads it); a failed
+        write is only a warning: the rows are what matter."""
+        record: dict[str, object] = {"event": event, "run_id": self.run_id}
+        if result is None:
+            inp = self.job.input.manifest or self.job.input.root
+            record |= {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "command": shlex.join(["caption", *sys.argv[1:]]),
+                "input": str(Path(inp).resolve()),
+                "prompts": [p.name for p in self.job.prompts],
+            }
+        else:
+            t = result.tally
+            record |= {
+                "exit_code": result.exit_code,
+                "wall_s": round(result.wall_s, 3),
+                "stop_reason": result.stop_reason,
+                "counts": {
+                    "images": t.images, "items": t.done, "ok": t.ok, "failed": t.failed,
+                    "invalid": t.invalid, "skipped": t.skipped, "requests": t.requests,
+                    "prompt_tokens": t.prompt_tokens, "completion_tokens": t.completion_tokens,
+                },
+            }  # fmt: skip
+        try:
+            append_run_line(out, record)
+        except OSError as exc:
+            log.warning("cannot append to the run log in %s: %s", out, exc)
 
     async def _pipeline(self, cache: HashCache, done: set[str], collector: Collector) -> None:
         fixed = self.job.run.concurrency
@@ -161,7 +230,7 @@ class Runner:
         make_row = RowMaker(self.job, self.run_id)
         feed = Feed(
             self.job, cache, done, self.tally, make_row, anyio.CapacityLimiter(self.encoders),
-            self._input_failed,
+            self._input_failed, self._limit_reached,
         )  # fmt: skip
         headers = auth_headers(self.api_key)
         probe_client = httpx.AsyncClient(
@@ -275,6 +344,17 @@ class Runner:
     def _on_limit(self, limit: int) -> None:
         self.tally.concurrency = limit
         self.tally.concurrency_max = max(self.tally.concurrency_max, limit)
+
+    def _limit_reached(self) -> None:
+        """``--limit`` items were sent: stop feeding; requests in flight finish as usual."""
+        self.limited = True
+        if self._feed_scope is not None:
+            self._feed_scope.cancel()
+
+    def _storage_failed(self, err: StorageError) -> None:
+        """The output cannot be written: stop sending at once, keep what is durable (exit 74)."""
+        log.error("%s; stopping", err)
+        self.stop(str(err), EXIT_IOERR, 0)
 
     def _input_failed(self, why: str) -> None:
         """The manifest cannot be read on: stop (exit 2), saving what is done."""

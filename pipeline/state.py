@@ -17,6 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -39,7 +40,9 @@ class OutputLock:
         self.path = folder / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> None:
+    def acquire(self, run_id: str = "") -> None:
+        """Take the lock and write ``<pid> <run_id> <start time>`` into the file (``status``
+        reads it back)."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -49,15 +52,49 @@ class OutputLock:
                 f"another caption run is writing to {self.path.parent} (lock {self.path} is "
                 "held); wait for it to finish or use another --output"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {run_id or '-'} {started}\n".encode())
 
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+@dataclass(frozen=True, slots=True)
+class LockHolder:
+    """The run that holds an output's lock now."""
+
+    pid: int | None
+    run_id: str | None
+    started_at: str | None
+
+
+def lock_holder(folder: Path) -> LockHolder | None:
+    """Who holds ``folder``'s lock now, or None if nobody does (a lock left by a dead process
+    is free: the kernel released it). Tests the lock with a shared, non-blocking ``flock`` for
+    an instant: a run starting in that instant would see the output as busy (exit 75)."""
+    path = folder / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 200).decode(errors="replace").split()
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+    finally:
+        os.close(fd)
+    pid = int(text[0]) if text and text[0].isdigit() else None
+    run_id = text[1] if len(text) > 1 and text[1] != "-" else None
+    return LockHolder(pid, run_id, text[2] if len(text) > 2 else None)
 
 
 def load_done_keys(folder: Path, *, include_invalid: bool = True) -> set[str]:
@@ -137,10 +174,16 @@ class HashCache:
     edit, but not ctime.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        """``readonly``: look up only (``--dry-run``); the file must exist and is not changed."""
         self.path = path
         self._db_lock = threading.Lock()  # guards the connection
         self._lock = threading.Lock()  # guards the pending list only: never held during IO
+        self._pending: list[tuple[str, int, int, int, int, str]] = []
+        if readonly:
+            uri = f"{path.resolve().as_uri()}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            return
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -148,7 +191,6 @@ class HashCache:
             "CREATE TABLE IF NOT EXISTS files_v2 (relpath TEXT PRIMARY KEY, size INTEGER, "
             "mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, sha256 TEXT)"
         )
-        self._pending: list[tuple[str, int, int, int, int, str]] = []
 
     def lookup(
         self, relpath: str, size: int, mtime_ns: int, ctime_ns: int = 0, ino: int = 0

@@ -218,5 +218,9 @@ def build_job(raw: Mapping[str, Any]) -> Job:
         raise ConfigError(f"retries must be >= 0, got {run.retries}")
     if run.flush_interval <= 0:
         raise ConfigError("flush_interval must be > 0 seconds")
+    if run.limit is not None and run.limit < 1:
+        raise ConfigError(f"limit must be at least 1 item, got {run.limit}")
+    if run.log_format not in ("text", "json"):
+        raise ConfigError(f'log_format must be "text" or "json", got {run.log_format!r}')
     src = raw.get("_source")
     return Job(endpoint, inputs, image, prompts, run, Path(src) if src else None)

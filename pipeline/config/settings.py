@@ -149,6 +149,13 @@ class RunConfig:
     max_outage: float = setting(1800.0, "--max-outage S", "give up after the server is away S s")
     grace_period: float = setting(30.0, "--grace-period S", "after Ctrl-C, let requests finish")
     retry_invalid: bool = setting(False, "--retry-invalid", "redo images that were invalid before")
+    limit: int | None = setting(
+        None, "--limit N", "send at most N items (image x prompt) in this run, for a first look"
+    )
+    log_file: Path | None = setting(None, "--log-file FILE", "also append the log to FILE")
+    log_format: str = setting(
+        "text", "--log-format text|json", "json: one JSON object per line (time, level, event...)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
