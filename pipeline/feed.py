@@ -126,6 +126,7 @@ class Feed:
         self.job = job
         self.on_limit = on_limit  # ``[run] limit`` items were sent: stop feeding
         self.budget = job.run.limit  # items still allowed to go to the server (None: no cap)
+        self._sending = 0  # items being handed on now (a stop must not cancel one midway)
         self.on_fatal = on_fatal  # the input cannot be read on: stop the run (exit 2)
         self.cache = cache
         self.done = done
@@ -274,9 +275,13 @@ class Feed:
                             p.key, p.request_key, f.relpath, got.sha, p.prompt, p.text, got.image,
                             got.encode_s, time.perf_counter(), f.keep,
                         )  # fmt: skip
-                        await tx.send(item)
-                        if self.budget == 0:
-                            self.on_limit()  # the last one is sent: stop feeding
+                        self._sending += 1
+                        try:
+                            await tx.send(item)
+                        finally:
+                            self._sending -= 1
+                        if self.budget == 0 and self._sending == 0:
+                            self.on_limit()  # the last ones are all sent: stop feeding
 
     async def _invalid(
         self,

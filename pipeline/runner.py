@@ -137,7 +137,10 @@ class Runner:
                 raise StorageError(out, exc) from None
             raise OutputError(f"cannot create output folder {out}: {exc}") from None
         lock = OutputLock(out)
-        lock.acquire(self.run_id)
+        try:
+            lock.acquire(self.run_id)
+        except OSError as exc:
+            raise StorageError(exc.filename or out, exc) from None
         try:
             try:
                 result = await self._run_locked(out)

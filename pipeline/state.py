@@ -181,7 +181,7 @@ class HashCache:
         self._lock = threading.Lock()  # guards the pending list only: never held during IO
         self._pending: list[tuple[str, int, int, int, int, str]] = []
         if readonly:
-            uri = f"{path.resolve().as_uri()}?mode=ro"
+            uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"  # creates no -wal/-shm
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
             return
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
