@@ -73,7 +73,9 @@ bench-vllm: $(STAMP)
 	CAPTION_VLLM_KV_URL=$(VLLM_KV_URL) $(BIN)/python bench/vllm_kv.py && \
 	$(VLLM_RIG) stop $(VLLM_KV_PORT) && \
 	$(VLLM_RIG) start $(VLLM_PORT) >/dev/null && \
-	CAPTION_VLLM_URL=$(VLLM_URL) $(BIN)/python bench/vllm_downscale.py
+	CAPTION_VLLM_URL=$(VLLM_URL) $(BIN)/python bench/vllm_downscale.py && \
+	$(VLLM_RIG) stop $(VLLM_PORT) && \
+	$(BIN)/python bench/vllm_prompts.py --start
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
