@@ -282,3 +282,33 @@ def test_structured_prompt_lands_in_typed_columns(tmp_path: Path) -> None:
         jsonschema.validate(values, SMALL_SCHEMA)  # the reference validator, not the pipeline's
         assert json.loads(str(row["caption"])) == values  # caption: the answer's JSON text
         assert int(str(row["prompt_tokens"])) > 256  # the image went along
+
+
+def test_dry_run_counts_prompt_tokens_with_the_real_tokenizer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--dry-run asks vLLM's /tokenize (image included) and sends no chat request: its count
+    per item is the prompt_tokens the real run then reports for that item."""
+    from pipeline.config import Overrides, load_job
+    from pipeline.dryrun import dry_run
+
+    out = tmp_path / "out"
+    root = tmp_path / "one"
+    root.mkdir()
+    (root / "chelsea.jpg").write_bytes((DATA / "images" / "animals" / "chelsea.jpg").read_bytes())
+    prompt = str(DATA / "prompts" / "describe_en.txt")
+    job = load_job(
+        None,
+        Overrides(endpoint=URL, model="gemma3-27b", input=str(root), output=str(out),
+                  max_tokens=16, prompt_file=prompt),
+    )  # fmt: skip
+    import anyio
+
+    report = anyio.run(dry_run, job, None)
+    assert "/tokenize" in report.tokens_how
+    assert not out.exists()
+    (per_item,) = report.tokens.values()
+    assert run(root, out) == 0
+    (row,) = rows(out)
+    assert row["prompt_tokens"] == per_item
+    assert report.prompt_tokens == per_item
