@@ -109,9 +109,31 @@ def _count(usage: dict[str, Any], name: str) -> int | None:
     return value if ok else None  # a nonsense count is dropped, never stored
 
 
-def error_for(response: httpx.Response) -> RetryableError | PermanentError:
-    """The error for a non-200 answer: retryable (408/429/5xx) or permanent, with its message."""
+def auth_advice(status: int, key_sent: bool) -> str:
+    """What to do about a 401/403 answer, by whether an API key was sent."""
+    if key_sent:
+        return (
+            "the API key was refused; check the key (VLLM_API_KEY or OPENAI_API_KEY, or the "
+            "variable named by [endpoint] api_key_env, or [endpoint] api_key_file)"
+        )
+    if status == 401:
+        return (
+            "the server requires an API key and none was sent: set VLLM_API_KEY "
+            "(or [endpoint] api_key_env)"
+        )
+    return (
+        "no API key was sent: if the server needs one, set VLLM_API_KEY (or [endpoint] api_key_env)"
+    )
+
+
+def error_for(
+    response: httpx.Response, key_sent: bool | None = None
+) -> RetryableError | PermanentError:
+    """The error for a non-200 answer: retryable (408/429/5xx) or permanent, with its message
+    (a 401/403 also says what to do about the API key, when ``key_sent`` is known)."""
     message = f"HTTP {response.status_code}: {server_message(response)}"
+    if response.status_code in (401, 403) and key_sent is not None:
+        message += f" ({auth_advice(response.status_code, key_sent)})"
     if is_retryable_status(response.status_code):
         return RetryableError(
             message,
@@ -212,6 +234,7 @@ class ChatClient:
             **auth_headers(api_key),
         }
         self._headers = httpx.Headers(headers)
+        self._key_sent = bool(api_key)
         self._extensions = {"timeout": make_timeout(endpoint).as_dict()}
         shards = max(1, -(-concurrency // CONNECTIONS_PER_SHARD))
         per_shard = -(-concurrency // shards)
@@ -286,7 +309,7 @@ class ChatClient:
             raise RetryableError(f"bad response: {type(exc).__name__}: {exc}") from None
         if response.status_code == 200:
             return parse_completion(response)
-        raise error_for(response)
+        raise error_for(response, self._key_sent)
 
     async def _streamed(self, response: httpx.Response) -> Completion:
         t0 = time.perf_counter()

@@ -10,12 +10,14 @@ that says what to fix.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import httpx
 
-from .client import auth_headers, server_message, tls_for
-from .config import Job, PromptConfig
+from .client import auth_advice, auth_headers, server_message, tls_for
+from .config import DEFAULT_API_KEY_ENVS, EndpointConfig, Job, PromptConfig
 from .errors import ConfigError
 from .payload import encode_body
 from .structured import response_format
@@ -27,16 +29,37 @@ class ServerInfo:
     max_model_len: int | None
 
 
+def key_source(endpoint: EndpointConfig, environ: Mapping[str, str] | None = None) -> str:
+    """Where the API key sent came from, as ``resolve_api_key`` found it (never the key)."""
+    if endpoint.api_key_file is not None:
+        return f"[endpoint] api_key_file ({endpoint.api_key_file})"
+    if endpoint.api_key_env:
+        return f"{endpoint.api_key_env} ([endpoint] api_key_env)"
+    env = os.environ if environ is None else environ
+    return next((name for name in DEFAULT_API_KEY_ENVS if env.get(name)), "VLLM_API_KEY")
+
+
 def check_models(
-    job: Job, status: int, payload: object, reason: str, url: str | None = None
+    job: Job,
+    status: int,
+    payload: object,
+    reason: str,
+    url: str | None = None,
+    *,
+    key_sent: bool = True,
 ) -> ServerInfo:
-    """Pure part of the preflight: judge the ``/models`` answer against the job."""
+    """Pure part of the preflight: judge the ``/models`` answer against the job (``key_sent``:
+    whether the request carried an API key, for what a 401/403 answer asks to fix)."""
     url = url or job.endpoint.url
     if status in (401, 403):
-        raise ConfigError(
-            f"{url}/models answered {status} ({reason}): the API key was refused; set the "
-            "key in the environment variable named by api_key_env (default VLLM_API_KEY)"
-        )
+        if key_sent:
+            advice = (
+                f"the API key was refused; check the key in {key_source(job.endpoint)} (or "
+                "name another variable with [endpoint] api_key_env / --api-key-env)"
+            )
+        else:
+            advice = auth_advice(status, key_sent=False)
+        raise ConfigError(f"{url}/models answered {status} ({reason}): {advice}")
     if status != 200 or not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
         raise ConfigError(
             f"{url}/models answered {status} ({reason}); is {url} the OpenAI base URL "
@@ -97,7 +120,9 @@ async def _preflight_one(
         except ValueError:
             payload = None
         reason = server_message(response) if response.status_code != 200 else "OK"
-        info = check_models(job, response.status_code, payload, reason, base)
+        info = check_models(
+            job, response.status_code, payload, reason, base, key_sent=bool(api_key)
+        )
         for prompt in job.prompts:
             if prompt.schema is not None:
                 await _probe_schema(client, base, job.endpoint.model, prompt)

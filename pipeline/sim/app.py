@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import random
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -35,6 +37,9 @@ ROUTES: dict[str, dict[str, Route]] = {
     "/sim/capacity": {"POST": routes.sim_capacity},
 }
 MAX_BODY = 64 * 1024 * 1024  # request bodies up to 64 MiB (aiohttp's default is 1 MiB)
+# With API keys, vLLM 0.32's AuthenticationMiddleware guards the paths starting with these
+# (a plain prefix test, as vLLM's) and lets everything else through: /health, /metrics, ...
+GUARDED_PREFIXES = ("/v1", "/v2", "/inference", "/cohere")
 
 
 class SimApp:
@@ -46,6 +51,7 @@ class SimApp:
         self.faults = config.faults
         self.port = config.port
         self.started_wall = int(time.time())
+        self._keys = [hashlib.sha256(k.encode()).digest() for k in config.api_keys]
         self._fault_rng = random.Random(config.seed)
         self._id_rng = random.Random(config.seed + 2)
         self._schema_rng = random.Random(config.seed + 3)
@@ -76,12 +82,30 @@ class SimApp:
 
     def _bind(self, route: Route) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
+            if self._keys and not self.authorized(request):
+                self.engine.stats.unauthorized += 1
+                return routes.unauthorized()
             try:
                 return await route(self, request)
             except web.HTTPRequestEntityTooLarge:
                 return routes.too_large()
 
         return handler
+
+    def authorized(self, request: web.Request) -> bool:
+        """vLLM's check with ``--api-key``: OPTIONS and unguarded paths pass; a guarded one
+        needs ``Authorization: Bearer <one of the keys>`` (scheme in any case; the keys
+        compared as sha256 digests in constant time, as vLLM does)."""
+        if request.method == "OPTIONS" or not request.path.startswith(GUARDED_PREFIXES):
+            return True
+        scheme, _, param = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        digest = hashlib.sha256(param.encode()).digest()
+        match = False
+        for key in self._keys:
+            match |= secrets.compare_digest(digest, key)
+        return match
 
     def draw_fault(self) -> str | None:
         """The fault kind for the next chat request (None almost always)."""

@@ -110,6 +110,9 @@ class SimConfig:
     # (seconds after server start, slots or None, KV tokens or None): capacity changes
     capacity_changes: tuple[tuple[float, int | None, int | None], ...] = ()
     structured_outputs: bool = True  # False: response_format json_schema/json_object is a 400
+    # vLLM's --api-key: any of these keys as "Authorization: Bearer KEY" is required on
+    # /v1/* (and /v2, /inference, /cohere), else 401 {"error":"Unauthorized"}; () = open
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.slots < 1:
@@ -128,6 +131,8 @@ class SimConfig:
             )
         if self.metrics_delay < 0 or self.gateway_rate < 0 or self.gateway_burst < 0:
             raise ValueError("metrics_delay, gateway_rate and gateway_burst must be >= 0")
+        if any(not key for key in self.api_keys):
+            raise ValueError("an API key must not be empty")
         for at, slots, kv in self.capacity_changes:
             if (
                 not math.isfinite(at)

@@ -94,6 +94,7 @@ class Stats:
     max_waiting: int = 0
     preemptions: int = 0
     max_kv: float = 0.0
+    unauthorized: int = 0  # requests answered 401 for want of the API key (--api-key)
     images: Counter[str] = field(default_factory=Counter)
     queue_waits: array[float] = field(default_factory=lambda: array("d"))  # arrival -> start
 
@@ -300,6 +301,7 @@ class Engine:
             "max_waiting": s.max_waiting,
             "preemptions": s.preemptions,
             "max_kv": round(s.max_kv, 6),
+            "unauthorized": s.unauthorized,
             "queue_wait": {
                 "count": len(waits),
                 "p50": _percentile(waits, 50),

@@ -71,6 +71,12 @@ async def method_not_allowed(app: SimApp, request: web.Request) -> web.StreamRes
     return answer(405, b'{"detail":"Method Not Allowed"}')
 
 
+def unauthorized() -> web.Response:
+    """vLLM's answer to a request without the right API key (its AuthenticationMiddleware:
+    Starlette's JSONResponse, so compact JSON and no ``{"error": {...}}`` object)."""
+    return answer(401, b'{"error":"Unauthorized"}')
+
+
 def too_large() -> web.Response:
     """A request body over the limit (`client_max_size`): answered, then the connection closes."""
     resp = answer(413, b'{"detail":"request body too large"}')
