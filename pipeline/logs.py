@@ -51,14 +51,16 @@ def setup_logging(
 ) -> None:
     """Configure the root logger: stderr, and ``log_file`` if given (appended)."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+    for handler in list(root.handlers):  # ours from an earlier call; others (pytest's) stay
+        if getattr(handler, "_caption", False):
+            root.removeHandler(handler)
+            handler.close()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     text = logging.Formatter(TEXT_FORMAT, datefmt="%H:%M:%S")
     chosen: logging.Formatter = JsonFormatter() if log_format == "json" else text
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(text if log_file is not None else chosen)
+    stderr._caption = True  # type: ignore[attr-defined]
     root.addHandler(stderr)
     if log_file is not None:
         handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
@@ -68,5 +70,6 @@ def setup_logging(
             )
         else:
             handler.setFormatter(chosen)
+        handler._caption = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # never log request lines

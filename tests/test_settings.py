@@ -47,6 +47,8 @@ def sample(s: Setting, project: Path) -> tuple[Any, Any]:
         return str(project / "schema.json"), SCHEMA
     if s.key == "keep":  # a column of the manifest
         return ["sku"], ("sku",)
+    if s.key == "log_format":  # one of two words
+        return "json", "json"
     if s.kind is Path:  # the input root must be a folder, a prompt file a readable file
         where = {"root": "images", "file": "ask.txt", "manifest": "list.csv"}
         path = project / where.get(s.key, "elsewhere")

@@ -105,9 +105,11 @@ class TestOutputLock:
     def test_lock_file_holds_pid(self, tmp_path: Path) -> None:
         """The lock file is created in the folder and names the holder's pid."""
         lock = OutputLock(tmp_path)
-        lock.acquire()
+        lock.acquire("20260101T000000Z-abcdef")
         try:
-            assert (tmp_path / LOCK_NAME).read_text() == f"{os.getpid()}\n"
+            pid, run_id, started = (tmp_path / LOCK_NAME).read_text().split()
+            assert (pid, run_id) == (str(os.getpid()), "20260101T000000Z-abcdef")
+            assert started.endswith("Z")
         finally:
             lock.release()
 
