@@ -27,7 +27,7 @@ from .config import Job
 from .encode import EncodedImage, encode_image
 from .errors import InvalidImageError
 from .items import Pending, RequestItem, Row, RowMaker
-from .manifest import ManifestError, open_manifest, read_entries
+from .manifest import ManifestError, count_rows, open_manifest, read_entries
 from .payload import key_from, settings_digest
 from .progress import Tally
 from .schema import STATUS_INVALID, utc_now
@@ -144,7 +144,6 @@ class Feed:
             if inp.manifest is None
             else manifest_files(inp.manifest, inp.keep, self.keys.variables)
         )
-        n_prompts = len(self.job.prompts)
 
         def take() -> list[ImageFile]:
             if inp.manifest is None:
@@ -159,25 +158,7 @@ class Feed:
             return batch
 
         def next_batch() -> tuple[int, int, list[ImageFile]]:
-            batch = take()
-            on_disk = [f for f in batch if f.data is None and f.error is None]
-            cached = dict(
-                zip(
-                    (f.relpath for f in on_disk),
-                    self.cache.lookup_many(
-                        [(f.relpath, f.size, f.mtime_ns, f.ctime_ns, f.ino) for f in on_disk]
-                    ),
-                    strict=True,
-                )
-            )
-            todo = []
-            for f in batch:
-                sha = (
-                    cached.get(f.relpath) if f.data is None else hashlib.sha256(f.data).hexdigest()
-                )
-                if f.error is not None or sha is None or self.pending(f, sha, skip_done=True):
-                    todo.append(f)
-            return len(batch), (len(batch) - len(todo)) * n_prompts, todo
+            return self.classify(take())
 
         async with tx:
             while True:
@@ -193,6 +174,46 @@ class Feed:
                 for entry in todo:
                     await tx.send(entry)
         self.tally.walk_done = True
+
+    def classify(self, batch: list[ImageFile]) -> tuple[int, int, list[ImageFile]]:
+        """(files seen, items skipped, files still to prepare) of a walk batch: files whose
+        items are all done by the hash cache's sha256 are counted and dropped (blocking)."""
+        n_prompts = len(self.job.prompts)
+        on_disk = [f for f in batch if f.data is None and f.error is None]
+        cached = dict(
+            zip(
+                (f.relpath for f in on_disk),
+                self.cache.lookup_many(
+                    [(f.relpath, f.size, f.mtime_ns, f.ctime_ns, f.ino) for f in on_disk]
+                ),
+                strict=True,
+            )
+        )
+        todo = []
+        for f in batch:
+            sha = cached.get(f.relpath) if f.data is None else hashlib.sha256(f.data).hexdigest()
+            if f.error is not None or sha is None or self.pending(f, sha, skip_done=True):
+                todo.append(f)
+        return len(batch), (len(batch) - len(todo)) * n_prompts, todo
+
+    def count(self, stopped: Callable[[], bool]) -> tuple[int, int | None] | None:
+        """(images, items already done) of the whole input, by a walk of its own beside the
+        feeding one, so the progress total is known within seconds (blocking). A manifest's
+        rows are only counted (hashing embedded images twice would cost too much): its done
+        items turn up as the feed meets them. None if ``stopped()`` or it cannot tell."""
+        inp = self.job.input
+        if inp.manifest is not None:
+            rows = count_rows(inp.manifest)
+            return None if rows is None else (rows, None)
+        images = skipped = 0
+        files = walk_images(inp.root, inp.patterns)
+        while batch := list(itertools.islice(files, WALK_BATCH)):
+            if stopped():
+                return None
+            seen, skip, _todo = self.classify(batch)
+            images += seen
+            skipped += skip
+        return images, skipped
 
     def pending(self, f: ImageFile, sha: str, *, skip_done: bool = False) -> list[Pending]:
         """Every (image, prompt) item of ``f`` with its key; with ``skip_done`` only those not

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from .steer import SteerReport
 
+from .logs import fields
 from .schema import STATUS_FAILED, STATUS_INVALID, STATUS_OK
 
 log = logging.getLogger("pipeline")
@@ -514,7 +515,17 @@ class Reporter:
             self.log_line()
 
     def log_line(self) -> None:
-        log.info("progress %s", progress_text(self.tally, self.rate.per_second()))
+        t = self.tally
+        counts = {
+            "done": t.done, "expected": t.expected, "ok": t.ok, "failed": t.failed,
+            "invalid": t.invalid, "skipped": t.skipped, "images": t.images,
+            "concurrency": t.concurrency,
+        }  # fmt: skip
+        rate = self.rate.per_second()
+        log.info(
+            "progress %s", progress_text(t, rate),
+            extra=fields("progress", counts=counts, items_per_s=rate),
+        )  # fmt: skip
 
     def close(self) -> None:
         if self.bar is not None:

@@ -39,6 +39,7 @@ from .client import ChatClient, Completion
 from .errors import PermanentError, RetryableError
 from .items import RequestItem, Row, RowMaker
 from .payload import build_body, encode_body
+from .progress import plural
 from .retry import RetryPolicy, compute_backoff
 from .schema import STATUS_FAILED, STATUS_OK, utc_now
 from .steer import Steering
@@ -242,7 +243,7 @@ class Requester:
             elif attempt >= self.policy.attempts:
                 return self.make_row(
                     item.key, item.relpath, item.sha256, item.prompt, STATUS_FAILED, started,
-                    utc_now(), error=f"{error} (gave up after {attempt} attempts)",
+                    utc_now(), error=f"{error} (gave up after {plural(attempt, 'attempt')})",
                     http_status=error.status, attempts=sent, latency_s=latency, **common,
                 )  # fmt: skip
             else:

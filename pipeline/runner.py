@@ -23,6 +23,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,7 @@ class Runner:
         self.transport = transport
         self.handle_signals = handle_signals
         self.run_id = new_run_id()
-        self.tally = Tally(prompts=len(job.prompts))
+        self.tally = Tally(prompts=len(job.prompts), limit=job.run.limit)
         r = job.run
         self.policy = RetryPolicy(
             attempts=r.retries + 1,
@@ -321,12 +322,30 @@ class Runner:
         assert self._feed_scope is not None
         with self._feed_scope:
             async with anyio.create_task_group() as tg:
+                tg.start_soon(self._count, feed)
                 tg.start_soon(feed.walk, files_tx)
                 for _ in range(self.encoders):
                     tg.start_soon(feed.prepare, files_rx.clone(), items_tx.clone(), rows_tx.clone())
                 files_rx.close()
                 items_tx.close()
                 rows_tx.close()
+
+    async def _count(self, feed: Feed) -> None:
+        """Learn the size of the whole input by a walk of its own, so the progress total (and
+        its ETA) is known long before the feeding walk, which runs only a little ahead of the
+        requests, gets to the end."""
+        stop = threading.Event()
+        try:
+            got = await anyio.to_thread.run_sync(feed.count, stop.is_set, abandon_on_cancel=True)
+        except (OSError, ValueError) as exc:  # the feeding walk reports real input problems
+            log.debug("counting the input failed: %s", exc)
+            return
+        finally:
+            stop.set()
+        if got is not None and not self.tally.walk_done:
+            images, skipped = got
+            self.tally.expect(images=images, skipped=skipped)
+            log.debug("counted the input: %d images, %s items already done", images, skipped)
 
     # --- stopping -----------------------------------------------------------------------
 

@@ -25,3 +25,11 @@ def images(tmp_path: Path) -> list[Path]:
 def sim() -> Iterator[SimServer]:
     with SimServer(SimConfig(slots=8, latency=0.01)) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _no_api_key_from_the_developer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's exported VLLM_API_KEY / OPENAI_API_KEY must not leak into the tests (the
+    simulator, like vllm serve, would then require it)."""
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)

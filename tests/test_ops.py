@@ -218,3 +218,53 @@ class TestNewUser:
         for needle in ("exit codes:", "74", "75", "examples:", "--dry-run", "--limit",
                        "VLLM_API_KEY", "(2048)", "(0.7)", "(0.9)"):  # fmt: skip
             assert needle in helptext, needle
+
+
+class TestProgressTotal:
+    def test_total_is_known_long_before_the_feeding_walk_ends(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A counting walk beside the feeding one: the progress lines carry the total (and a
+        percentage) while most items are still to do. The feeding walk runs at most a few
+        hundred files ahead of the requests, so with 1,200 files it cannot have ended before
+        ~700 items are done: a total shown earlier came from the count."""
+        import re
+
+        from helpers import make_images
+
+        import pipeline.progress as progress
+        from pipeline.sim import SimConfig
+
+        monkeypatch.setattr(progress, "LOG_EVERY_S", 0.05)
+        root = tmp_path / "img"
+        make_images(root, 1200, size=(8, 8))
+        with SimServer(SimConfig(slots=8, latency=0.02)) as sim, caplog.at_level("INFO"):
+            assert run_cli(sim, root, tmp_path / "out", "--concurrency", "8") == 0
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("progress")]
+        with_total = [m for m in lines if re.match(r"progress \d+/1200 items \(\d+%\)", m)]
+        assert with_total, lines
+        first_done = int(re.match(r"progress (\d+)/", with_total[0]).group(1))  # type: ignore[union-attr]
+        assert first_done < 700, with_total[0]
+
+    def test_rerun_total_leaves_out_what_is_done(
+        self, sim: SimServer, images: list[Path], tmp_path: Path
+    ) -> None:
+        from pipeline.config import Overrides, load_job
+        from pipeline.feed import Feed
+        from pipeline.items import RowMaker
+        from pipeline.progress import Tally
+        from pipeline.state import load_done_keys, open_hash_cache
+
+        root, out = images[0].parents[1], tmp_path / "out"
+        assert run_cli(sim, root, out, "--limit", "10") == 0
+        job = load_job(None, Overrides(input=str(root), output=str(out), prompt=PROMPT))
+        cache = open_hash_cache(out)
+        try:
+            import anyio
+
+            feed = Feed(job, cache, load_done_keys(out), Tally(), RowMaker(job, "r"),
+                        anyio.CapacityLimiter(1))  # fmt: skip
+            assert feed.count(lambda: False) == (24, 10)
+            assert feed.count(lambda: True) is None
+        finally:
+            cache.close()
