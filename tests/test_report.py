@@ -137,7 +137,7 @@ class TestData:
     def test_error_kind_blanks_what_varies(self) -> None:
         a = d.error_kind(500, "HTTP 500: boom at /srv/x/y.jpg (gave up after 6 attempts)")
         b = d.error_kind(500, "HTTP 500: boom at /tmp/other.png (gave up after 2 attempts)")
-        assert a == b == "HTTP N: boom at <path>"
+        assert a == b == "HTTP 500: boom at <path>"
         assert d.error_kind(None, "cannot decode image: 57 bytes not processed") == (
             "cannot decode image: N bytes not processed"
         )

@@ -314,7 +314,7 @@ def histogram(
 _GAVE_UP = re.compile(r"\s*\(gave up after \d+ attempts?\)$")
 _PATH = re.compile(r"(?<![\w.])(?:~|\.{1,2})?/[^\s:;,'\"()]+")
 _HEX = re.compile(r"\b[0-9a-f]{8,}\b", re.IGNORECASE)
-_NUM = re.compile(r"\d+(?:[.,]\d+)*")
+_NUM = re.compile(r"(?<!HTTP )(?<![\d.,])\d+(?:[.,]\d+)*")  # an HTTP status stays: the kind
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 

@@ -70,7 +70,11 @@
   const plural = (n, one, many) => int(n) + ' ' + (n === 1 ? one : many || one + 's');
   function show(v) {
     if (v === null || v === undefined) return '';
-    if (Array.isArray(v) && v.every((x) => x === null || typeof x !== 'object')) return v.map(String).join(', ');
+    const flat = (x) => x === null || typeof x !== 'object';
+    if (Array.isArray(v) && v.every(flat)) return v.map(String).join(', ');
+    if (Array.isArray(v) && v.every((o) => o && !Array.isArray(o) && typeof o === 'object' && Object.values(o).every(flat))) {
+      return v.map((o) => Object.entries(o).map(([k, x]) => k + ': ' + x).join(', ')).join(' · ');
+    }
     if (typeof v === 'object') return JSON.stringify(v);
     return String(v);
   }
