@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck bench bench-faults test-vllm vllm-up vllm-down bench-vllm clean
+.PHONY: venv chromium demo test lint typecheck bench bench-faults test-vllm vllm-up vllm-down bench-vllm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,17 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m pipeline demo
 
-test: lint typecheck
+test: lint typecheck chromium
 	$(BIN)/python -m pytest -q -m "not vllm"
+
+# Debian's chromium for the report's browser tests (tests/test_report.py). Installed when
+# missing and this is root with apt-get (CI); otherwise those tests skip, saying why.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium (the report's browser tests)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "note: no /usr/bin/chromium and not root: the report's browser tests will skip"; fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests bench
@@ -34,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/client_scaling.py
 	$(BIN)/python bench/saturation.py
 	$(BIN)/python bench/structured.py
+	$(BIN)/python bench/report.py
 	$(BIN)/python bench/vs_seed.py
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/bookkeeping.py

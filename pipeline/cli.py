@@ -122,21 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
         "the output now.",
     )
     add_status_arguments(status)
-    try:  # XXX-WIRE
-        from .export import add_export_arguments
+    from .export import add_export_arguments
 
-        export = sub.add_parser(
-            "export",
-            help="the current answer per image x prompt as txt files, jsonl, csv, parquet or an "
-            "imagefolder",
-        )
-        add_export_arguments(export)
-        from .report import add_report_arguments
+    export = sub.add_parser(
+        "export",
+        help="the current answer per image x prompt as txt files, jsonl, csv, parquet or an "
+        "imagefolder",
+    )
+    add_export_arguments(export)
+    from .report import add_report_arguments
 
-        report = sub.add_parser("report", help="one self-contained HTML report of a dataset")
-        add_report_arguments(report)
-    except ImportError:
-        pass
+    report = sub.add_parser(
+        "report",
+        help="one self-contained HTML report of a dataset (summaries, plots, a gallery)",
+    )
+    add_report_arguments(report)
     from .sim import add_arguments
 
     sim = sub.add_parser("sim", help="start the built-in vLLM simulator")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..progress import error_kind as summary_error_kind
 from ..results import RunRecord
 from ..schema import COLUMNS, STATUS_FAILED, STATUS_INVALID, STATUS_OK
 
@@ -311,26 +311,15 @@ def histogram(
     return Series([lo + i * width for i in range(bins)], ys, "", width)
 
 
-_GAVE_UP = re.compile(r"\s*\(gave up after \d+ attempts?\)$")
-_PATH = re.compile(r"(?<![\w.])(?:~|\.{1,2})?/[^\s:;,'\"()]+")
-_HEX = re.compile(r"\b[0-9a-f]{8,}\b", re.IGNORECASE)
-_NUM = re.compile(r"(?<!HTTP )(?<![\d.,])\d+(?:[.,]\d+)*")  # an HTTP status stays: the kind
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
-
-
 def error_kind(http_status: int | None, error: str | None) -> str:
-    """A short label that the same failure gets for every image: paths, numbers, hashes and
-    quoted values blanked, the retry count dropped."""
-    text = _GAVE_UP.sub("", (error or "").strip()).splitlines()[0] if error else "(no message)"
-    text = _QUOTED.sub("'…'", text)
-    text = _PATH.sub("<path>", text)
-    text = _HEX.sub("<hex>", text)
-    text = _NUM.sub("N", text)
-    if len(text) > 120:
-        text = text[:119] + "…"
-    if http_status and http_status != 200 and "HTTP" not in text:
-        return f"HTTP {http_status}: {text}"
-    return text
+    """The kind the run's summary gives the same error (``progress.error_kind``: ``HTTP 500``,
+    ``timeout``, ``cannot decode image``...), with the HTTP status when the kind lacks it."""
+    if not error:
+        return f"HTTP {http_status}" if http_status and http_status != 200 else "(no message)"
+    kind = summary_error_kind(error)
+    if http_status and http_status != 200 and not kind.startswith("HTTP"):
+        return f"HTTP {http_status}: {kind}"
+    return kind
 
 
 @dataclass
