@@ -82,8 +82,17 @@ def current(table: pa.Table, *, status: str | None = None) -> pa.Table:
 
 
 def job_of(output: Path) -> dict[str, Any] | None:
-    """The resolved job (``caption.job`` metadata) of the newest part file, if any."""
-    for part in reversed(part_files(output)):
+    """The resolved job (``caption.job`` metadata) of the newest part file, if any (newest by
+    the run id's time, then by the file's mtime: two runs of one second sort by their random
+    suffix)."""
+
+    def age(part: Path) -> tuple[str, int]:
+        try:
+            return part.name[len("part-") : len("part-YYYYmmddTHHMMSSZ")], part.stat().st_mtime_ns
+        except OSError:
+            return part.name, 0
+
+    for part in sorted(part_files(output), key=age, reverse=True):
         try:
             meta = pq.read_schema(part).metadata or {}
         except (OSError, ValueError):
