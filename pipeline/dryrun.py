@@ -31,6 +31,7 @@ from .errors import ConfigError, InvalidImageError
 from .feed import ItemKeys, manifest_files, read_file
 from .payload import build_body
 from .preflight import check_models
+from .shards import parse_shard
 from .state import HASHES_NAME, HashCache, load_done_keys
 from .walker import ImageFile, walk_images
 
@@ -89,12 +90,17 @@ class DryRun:
 
 
 def _files(job: Job, keys: ItemKeys) -> Iterator[ImageFile]:
+    """The input's files, only the run's shard's (as ``Feed.files``)."""
     inp = job.input
+    files: Iterator[ImageFile]
     if inp.manifest is not None:
-        return manifest_files(inp.manifest, inp.keep, keys.variables)
-    if not inp.root.is_dir():
+        files = manifest_files(inp.manifest, inp.keep, keys.variables)
+    elif not inp.root.is_dir():
         raise ConfigError(f"input folder {inp.root} does not exist (or is not a folder)")
-    return walk_images(inp.root, inp.patterns)
+    else:
+        files = walk_images(inp.root, inp.patterns)
+    shard = parse_shard(job.run.shard)
+    return files if shard is None else (f for f in files if shard.has(f.relpath))
 
 
 def survey(job: Job) -> DryRun:

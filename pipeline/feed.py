@@ -31,6 +31,7 @@ from .manifest import ManifestError, count_rows, open_manifest, read_entries
 from .payload import key_from, settings_digest
 from .progress import Tally
 from .schema import STATUS_INVALID, utc_now
+from .shards import parse_shard
 from .state import HashCache
 from .templates import MissingVariable, names, render, uses_variables
 from .walker import ImageFile, walk_images
@@ -139,11 +140,7 @@ class Feed:
         """List the tree in a thread, a batch at a time; files whose items are all done (by
         the hash cache) are counted and dropped there, never reaching the event loop."""
         inp = self.job.input
-        files: Iterator[ImageFile] = (
-            walk_images(inp.root, inp.patterns)
-            if inp.manifest is None
-            else manifest_files(inp.manifest, inp.keep, self.keys.variables)
-        )
+        files = self.files()
 
         def take() -> list[ImageFile]:
             if inp.manifest is None:
@@ -175,6 +172,19 @@ class Feed:
                     await tx.send(entry)
         self.tally.walk_done = True
 
+    def files(self) -> Iterator[ImageFile]:
+        """The input's files (a folder walk or a manifest's rows), only this run's shard's."""
+        inp = self.job.input
+        files: Iterator[ImageFile] = (
+            walk_images(inp.root, inp.patterns)
+            if inp.manifest is None
+            else manifest_files(inp.manifest, inp.keep, self.keys.variables)
+        )
+        shard = parse_shard(self.job.run.shard)
+        if shard is None:
+            return files
+        return (f for f in files if shard.has(f.relpath))
+
     def classify(self, batch: list[ImageFile]) -> tuple[int, int, list[ImageFile]]:
         """(files seen, items skipped, files still to prepare) of a walk batch: files whose
         items are all done by the hash cache's sha256 are counted and dropped (blocking)."""
@@ -203,10 +213,12 @@ class Feed:
         items turn up as the feed meets them. None if ``stopped()`` or it cannot tell."""
         inp = self.job.input
         if inp.manifest is not None:
+            if self.job.run.shard is not None:
+                return None  # a shard's share of the rows is only known by reading them
             rows = count_rows(inp.manifest)
             return None if rows is None else (rows, None)
         images = skipped = 0
-        files = walk_images(inp.root, inp.patterns)
+        files = self.files()
         while batch := list(itertools.islice(files, WALK_BATCH)):
             if stopped():
                 return None

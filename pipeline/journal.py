@@ -22,12 +22,14 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
 
 from .schema import rows_to_table
+from .shards import is_live
 from .sink import atomic_file, fsync_dir, merged_name, part_name, write_atomic
 
 log = logging.getLogger(__name__)
@@ -144,8 +146,9 @@ def read_segment(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def recover(folder: Path, schema: pa.Schema) -> int:
-    """Fold leftover journal segments into part files (call while holding the lock).
+def recover(folder: Path, schema: pa.Schema, live: Collection[str] = ()) -> int:
+    """Fold leftover journal segments into part files (call while holding the lock), but those
+    of the shards in ``live``: they are running now, their segments are in use.
 
     Returns the number of rows recovered. A segment whose part already landed is deleted. Each
     run's rows take that run's schema (its ``.arrow`` file), else ``schema``.
@@ -157,6 +160,8 @@ def recover(folder: Path, schema: pa.Schema) -> int:
         if m is None:
             continue
         run_id, seq = m["run"], int(m["seq"])
+        if is_live(run_id, set(live)):
+            continue
         part = folder / part_name(run_id, seq)
         merged = folder / merged_name(run_id)
         if not part.exists() and not merged.exists():
@@ -175,7 +180,7 @@ def recover(folder: Path, schema: pa.Schema) -> int:
         seg.unlink()
     for path in folder.glob(f"{PREFIX}*.arrow"):  # its run's segments are all gone now
         run_id = path.name[len(PREFIX) : -len(".arrow")]
-        if not any(folder.glob(f"{PREFIX}{run_id}-*.jsonl")):
+        if not is_live(run_id, set(live)) and not any(folder.glob(f"{PREFIX}{run_id}-*.jsonl")):
             path.unlink(missing_ok=True)
     if recovered:
         fsync_dir(folder)

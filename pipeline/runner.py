@@ -56,6 +56,7 @@ from .requester import Requester, Route
 from .results import append_run_line
 from .retry import RetryPolicy
 from .schema import COLUMNS, schema_with_job
+from .shards import Shard, is_live, parse_shard, recovering, running_shards
 from .sink import PartWriter, compact, recover_compaction, remove_stale_temps, widen
 from .state import (
     HashCache,
@@ -92,8 +93,10 @@ class RunResult:
         return EXIT_FAILED if self.tally.failed else EXIT_OK
 
 
-def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+def new_run_id(shard: Shard | None = None) -> str:
+    """``20261203T052940Z-c477c8``; a shard's run ends in its tag (``-s2of7``)."""
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    return run_id if shard is None else f"{run_id}-{shard.tag}"
 
 
 class Runner:
@@ -109,7 +112,8 @@ class Runner:
         self.api_key = api_key
         self.transport = transport
         self.handle_signals = handle_signals
-        self.run_id = new_run_id()
+        self.shard = parse_shard(job.run.shard)
+        self.run_id = new_run_id(self.shard)
         self.tally = Tally(prompts=len(job.prompts), limit=job.run.limit)
         r = job.run
         self.policy = RetryPolicy(
@@ -137,7 +141,7 @@ class Runner:
             if exc.errno in STORAGE_ERRNOS:
                 raise StorageError(out, exc) from None
             raise OutputError(f"cannot create output folder {out}: {exc}") from None
-        lock = OutputLock(out)
+        lock = OutputLock(out, self.shard)
         try:
             lock.acquire(self.run_id)
         except OSError as exc:
@@ -154,10 +158,16 @@ class Runner:
 
     async def _run_locked(self, out: Path) -> RunResult:
         schema = schema_with_job(self.job.public_dict(), job_columns(self.job))
-        await anyio.to_thread.run_sync(_recover, out, schema)
-        done, schema = await anyio.to_thread.run_sync(
-            lambda: _scan(out, schema, include_invalid=not self.job.run.retry_invalid)
-        )
+
+        def prepare() -> tuple[set[str], pa.Schema]:
+            """Recover what crashed runs left (not what running shards are writing), then
+            read the done keys and the dataset's schema; one starting run at a time."""
+            with recovering(out):
+                live = running_shards(out, mine=self.shard) if self.shard is not None else set()
+                _recover(out, schema, live)
+                return _scan(out, schema, include_invalid=not self.job.run.retry_invalid, live=live)
+
+        done, schema = await anyio.to_thread.run_sync(prepare)
         self._log_run(out, "start")
         cache = open_hash_cache(out)
         writer = PartWriter(out, self.run_id, schema)
@@ -427,12 +437,19 @@ def job_columns(job: Job) -> list[tuple[str, pa.DataType]]:
     return columns
 
 
-def _scan(out: Path, schema: pa.Schema, *, include_invalid: bool) -> tuple[set[str], pa.Schema]:
+def _scan(
+    out: Path, schema: pa.Schema, *, include_invalid: bool, live: set[str]
+) -> tuple[set[str], pa.Schema]:
     """Done keys, and the dataset's schema: this run's, widened with earlier runs' columns;
-    part files that lack some of its columns get them (as nulls), so all read as one table."""
+    part files that lack some of its columns get them (as nulls), so all read as one table
+    (but those of shards running now: their own run widens them later)."""
     done, parts = scan_parts(out, include_invalid=include_invalid)
     schema = dataset_schema(schema, parts)
-    narrow = parts_to_widen(schema, parts)
+    narrow = [
+        p
+        for p in parts_to_widen(schema, parts)
+        if not is_live(p.name.removeprefix("part-").rsplit("-", 1)[0], live)
+    ]
     if narrow:
         log.info("adding the job's new columns to %d earlier part file(s)", len(narrow))
     for part in narrow:
@@ -440,8 +457,9 @@ def _scan(out: Path, schema: pa.Schema, *, include_invalid: bool) -> tuple[set[s
     return done, schema
 
 
-def _recover(out: Path, schema: pa.Schema) -> None:
-    """Undo what a crashed run left half-done: temp files, a compaction, the journal."""
-    remove_stale_temps(out)
-    recover_compaction(out)
-    recover_journal(out, schema)
+def _recover(out: Path, schema: pa.Schema, live: set[str]) -> None:
+    """Undo what crashed runs left half-done (temp files, a compaction, the journal), but not
+    what the shards in ``live`` are writing now."""
+    remove_stale_temps(out, live)
+    recover_compaction(out, live)
+    recover_journal(out, schema, live)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .schema import rows_to_table
+from .shards import is_live, tag_of
 
 PART_GLOB = "part-*.parquet"
 COMPACT_MARKER = "_caption_compact.json"
@@ -101,13 +102,23 @@ class PartWriter:
         return final
 
 
-def remove_stale_temps(folder: Path) -> int:
-    """Delete temp files a crashed run left behind (only call while holding the lock)."""
+def remove_stale_temps(folder: Path, live: Collection[str] = ()) -> int:
+    """Delete temp files crashed runs left behind, but those of the shards in ``live`` (running
+    now: their temps are in use). Call while holding the lock."""
     removed = 0
     for tmp in folder.glob(".part-*.parquet.tmp"):
+        run_id = tmp.name[len(".part-") : -len(".parquet.tmp")].rsplit("-", 1)[0]
+        if is_live(run_id, set(live)):
+            continue
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed
+
+
+def marker_name(run_id: str) -> str:
+    """The compaction marker of ``run_id``'s shard (one per shard: shards compact at once)."""
+    tag = tag_of(run_id)
+    return COMPACT_MARKER if tag is None else f"_caption_compact-{tag}.json"
 
 
 def compact(folder: Path, run_id: str, parts: list[Path], schema: pa.Schema) -> Path | None:
@@ -120,7 +131,7 @@ def compact(folder: Path, run_id: str, parts: list[Path], schema: pa.Schema) -> 
     if len(parts) < COMPACT_MIN_PARTS:
         return None
     final = folder / merged_name(run_id)
-    marker = folder / COMPACT_MARKER
+    marker = folder / marker_name(run_id)
     with atomic_file(marker) as fh:
         fh.write(json.dumps({"merged": final.name, "parts": [p.name for p in parts]}).encode())
     _merge(parts, final, schema)
@@ -167,17 +178,21 @@ def widen(part: Path, schema: pa.Schema) -> None:
             writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=target))
 
 
-def recover_compaction(folder: Path) -> None:
-    """Finish a compaction a crash interrupted (only call while holding the lock)."""
-    marker = folder / COMPACT_MARKER
-    if not marker.exists():
-        return
-    try:
-        plan = json.loads(marker.read_text(encoding="utf-8"))
-    except (ValueError, OSError):
-        plan = None  # torn marker: it was never complete, so the merged file never landed
-    if plan is not None and (folder / plan["merged"]).exists():
-        for name in plan["parts"]:
-            (folder / name).unlink(missing_ok=True)
-    marker.unlink()
-    fsync_dir(folder)
+def recover_compaction(folder: Path, live: Collection[str] = ()) -> None:
+    """Finish the compactions crashes interrupted, but those of the shards in ``live`` (call
+    while holding the lock)."""
+    for marker in folder.glob("_caption_compact*.json"):
+        tag = marker.name.removeprefix("_caption_compact").removesuffix(".json").lstrip("-")
+        if tag and tag in live:
+            continue
+        try:
+            plan = json.loads(marker.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        except (ValueError, OSError):
+            plan = None  # torn marker: it was never complete, so the merged file never landed
+        if plan is not None and (folder / plan["merged"]).exists():
+            for name in plan["parts"]:
+                (folder / name).unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
+        fsync_dir(folder)

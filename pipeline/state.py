@@ -1,7 +1,8 @@
 """Resume state of an output folder: the lock, the keys already done, the file-hash cache.
 
-- ``_caption.lock``: an ``flock`` held for the whole run, so two runs never write one output
-  (the kernel releases it if the process dies).
+- ``_caption.lock`` (and, for ``--shard``, ``_caption.shard-<I>of<N>.lock``): ``flock``s held
+  for the whole run, so two runs never write the same items (``shards.py``; the kernel releases
+  them if the process dies).
 - Done keys: the ``key`` of every ``ok`` row in the part files; a rerun skips them.
 - ``_caption_hashes.sqlite``: (relative path, size, mtime, ctime, inode) -> sha256, so a
   rerun does not read unchanged images just to find out that their keys are done.
@@ -23,45 +24,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ConfigError, OutputBusyError, OutputError
+from .errors import ConfigError, OutputError
 from .schema import STATUS_INVALID, STATUS_OK, own_columns
+from .shards import LOCK_NAME as LOCK_NAME  # the locks live in shards.py
+from .shards import OutputLock as OutputLock
 from .sink import PART_GLOB
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = "_caption.lock"
 HASHES_NAME = "_caption_hashes.sqlite"
-
-
-class OutputLock:
-    """An exclusive, non-blocking ``flock`` on ``<output>/_caption.lock``."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / LOCK_NAME
-        self._fd: int | None = None
-
-    def acquire(self, run_id: str = "") -> None:
-        """Take the lock and write ``<pid> <run_id> <start time>`` into the file (``status``
-        reads it back)."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OutputBusyError(
-                f"another caption run is writing to {self.path.parent} (lock {self.path} is "
-                "held); wait for it to finish or use another --output"
-            ) from None
-        self._fd = fd
-        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()} {run_id or '-'} {started}\n".encode())
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +44,20 @@ class LockHolder:
     started_at: str | None
 
 
-def lock_holder(folder: Path) -> LockHolder | None:
-    """Who holds ``folder``'s lock now, or None if nobody does (a lock left by a dead process
-    is free: the kernel released it). Tests the lock with a shared, non-blocking ``flock`` for
-    an instant: a run starting in that instant would see the output as busy (exit 75)."""
-    path = folder / LOCK_NAME
+def lock_holders(folder: Path) -> list[LockHolder]:
+    """The runs writing to ``folder`` now: the one holding ``_caption.lock``, or the shard runs
+    holding their shard locks (a lock left by a dead process is free: the kernel released it).
+    Each lock is tested with a shared, non-blocking ``flock`` for an instant: a run starting in
+    that instant would see the output as busy (exit 75)."""
+    holders = []
+    for path in [folder / LOCK_NAME, *sorted(folder.glob("_caption.shard-*.lock"))]:
+        holder = _holder(path)
+        if holder is not None:
+            holders.append(holder)
+    return holders
+
+
+def _holder(path: Path) -> LockHolder | None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -184,7 +164,8 @@ class HashCache:
             uri = f"{path.resolve().as_uri()}?mode=ro&immutable=1"  # creates no -wal/-shm
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
             return
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        # shard runs share the cache: wait for another process's write instead of failing
+        self._db = sqlite3.connect(path, timeout=60, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(

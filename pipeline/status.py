@@ -3,7 +3,7 @@
 Per prompt, the current state of each item (image x prompt, its latest row): ok, failed,
 invalid, and pending (items of the job's input that have no row yet: the input named in the
 dataset's metadata is walked; ``--no-walk`` skips that). The last run (id, start, wall time,
-images/s, exit code) from the run log, and whether a run holds the lock now.
+images/s, exit code) from the run log, and whether runs hold the lock now (a run, or shard runs).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pyarrow as pa
 from .errors import ConfigError, OutputError
 from .results import RunRecord, current, job_of, read_rows, read_runs
 from .schema import STATUS_FAILED, STATUS_INVALID, STATUS_OK
-from .state import LockHolder, lock_holder
+from .state import LockHolder, lock_holders
 
 STATES = (STATUS_OK, STATUS_FAILED, STATUS_INVALID, "pending")
 
@@ -44,7 +44,7 @@ class Status:
     rows: int  # every row in the dataset, superseded ones included
     prompts: dict[str, PromptStatus] = field(default_factory=dict)
     runs: list[RunRecord] = field(default_factory=list)
-    lock: LockHolder | None = None
+    running: list[LockHolder] = field(default_factory=list)  # runs holding a lock now
     walk_error: str | None = None
 
     @property
@@ -62,7 +62,7 @@ class Status:
             "last_run": None
             if last is None
             else {**asdict(last), "images_per_s": last.images_per_s},
-            "running": None if self.lock is None else asdict(self.lock),
+            "running": [asdict(h) for h in self.running],
             "walk_error": self.walk_error,
         }
 
@@ -78,7 +78,7 @@ def dataset_status(output: Path, *, walk: bool = True) -> Status:
     where = inp.get("manifest") or inp.get("root")
     if where is None and runs:
         where = runs[-1].input
-    status = Status(str(output), where, table.num_rows, runs=runs, lock=lock_holder(output))
+    status = Status(str(output), where, table.num_rows, runs=runs, running=lock_holders(output))
     names = [p.get("name", "default") for p in job.get("prompts") or []]
     for name in names:
         status.prompts[name] = PromptStatus()
@@ -162,12 +162,10 @@ def format_status(st: Status) -> str:
             )
         else:
             lines.append(f"last run: {last.run_id}, started {last.started_at}, not ended")
-    if st.lock is None:
+    if not st.running:
         lines.append("running now: no")
-    else:
-        lines.append(
-            f"running now: yes, pid {st.lock.pid}, run {st.lock.run_id}, since {st.lock.started_at}"
-        )
+    for h in st.running:
+        lines.append(f"running now: pid {h.pid}, run {h.run_id}, since {h.started_at}")
     return "\n".join(lines)
 
 

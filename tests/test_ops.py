@@ -106,7 +106,7 @@ class TestStatus:
         p = st.prompts["prompt"]
         assert (p.ok, p.failed, p.invalid, p.pending) == (10, 0, 0, 14)
         assert st.last_run is not None and st.last_run.exit_code == 0
-        assert st.lock is None
+        assert st.running == []
         assert st.last_run.counts["items"] == 10
 
         assert run_cli(sim, root, out) == 0
@@ -124,13 +124,14 @@ class TestStatus:
             data = json.loads(capsys.readouterr().out)
         finally:
             lock.release()
-        assert data["running"]["run_id"] == "20990101T000000Z-abcdef"
-        assert data["running"]["pid"] > 0
+        (holder,) = data["running"]
+        assert holder["run_id"] == "20990101T000000Z-abcdef"
+        assert holder["pid"] > 0
         assert data["prompts"]["prompt"] == {
             "ok": 24, "failed": 0, "invalid": 0, "pending": 0, "total": 24,
         }  # fmt: skip
         assert data["last_run"]["exit_code"] == 0
-        assert dataset_status(out).lock is None  # released
+        assert dataset_status(out).running == []  # released
 
     def test_failed_then_ok_counts_once(
         self, sim: SimServer, images: list[Path], tmp_path: Path

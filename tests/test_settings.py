@@ -49,6 +49,8 @@ def sample(s: Setting, project: Path) -> tuple[Any, Any]:
         return ["sku"], ("sku",)
     if s.key == "log_format":  # one of two words
         return "json", "json"
+    if s.key == "shard":  # "I/N"
+        return "1/3", "1/3"
     if s.kind is Path:  # the input root must be a folder, a prompt file a readable file
         where = {"root": "images", "file": "ask.txt", "manifest": "list.csv"}
         path = project / where.get(s.key, "elsewhere")

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..schema import COLUMNS
+from ..shards import parse_shard
 from ..structured import check_schema, columns_of, merge_columns
 from ..templates import check_template
 from .settings import (
@@ -218,6 +219,7 @@ def build_job(raw: Mapping[str, Any]) -> Job:
         raise ConfigError(f"retries must be >= 0, got {run.retries}")
     if run.flush_interval <= 0:
         raise ConfigError("flush_interval must be > 0 seconds")
+    parse_shard(run.shard)  # "I/N" with 0 <= I < N, else a ConfigError
     if run.limit is not None and run.limit < 1:
         raise ConfigError(f"limit must be at least 1 item, got {run.limit}")
     if run.log_format not in ("text", "json"):

@@ -149,6 +149,12 @@ class RunConfig:
     max_outage: float = setting(1800.0, "--max-outage S", "give up after the server is away S s")
     grace_period: float = setting(30.0, "--grace-period S", "after Ctrl-C, let requests finish")
     retry_invalid: bool = setting(False, "--retry-invalid", "redo images that were invalid before")
+    shard: str | None = setting(
+        None,
+        "--shard I/N",
+        "take only shard I of N (0..N-1) of the images: N runs, e.g. on N machines, split a job "
+        "into one output with no coordination",
+    )
     limit: int | None = setting(
         None, "--limit N", "send at most N items (image x prompt) in this run, for a first look"
     )
