@@ -19,21 +19,24 @@ import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
+from pyarrow.fs import FileSystem
 
 from .client import auth_headers, server_message, tls_for
 from .config import Job
 from .encode import encode_image
 from .errors import ConfigError, InvalidImageError
-from .feed import ItemKeys, manifest_files, read_file
+from .feed import ItemKeys, input_fs, manifest_files, read_file
 from .payload import build_body
 from .preflight import check_models
 from .shards import parse_shard
 from .state import HASHES_NAME, HashCache, load_done_keys
-from .walker import ImageFile, walk_images
+from .storage import output_place, state_folder
+from .walker import ImageFile, walk_input
 
 BATCH = 256
 EST_BYTES_PER_TOKEN = 4
@@ -95,17 +98,19 @@ def _files(job: Job, keys: ItemKeys) -> Iterator[ImageFile]:
     files: Iterator[ImageFile]
     if inp.manifest is not None:
         files = manifest_files(inp.manifest, inp.keep, keys.variables)
-    elif not inp.root.is_dir():
+    elif isinstance(inp.root, Path) and not inp.root.is_dir():
         raise ConfigError(f"input folder {inp.root} does not exist (or is not a folder)")
     else:
-        files = walk_images(inp.root, inp.patterns)
+        files = walk_input(inp.root, inp.patterns)
     shard = parse_shard(job.run.shard)
     return files if shard is None else (f for f in files if shard.has(f.relpath))
 
 
 def survey(job: Job) -> DryRun:
     """Walk the input and sort its items into done / invalid / to send (blocking)."""
-    out = job.run.output
+    out = output_place(job.run.output)
+    state = state_folder(job.run.output, job.run.state_dir)
+    fs = None if job.input.manifest is not None else input_fs(job.input.root)
     report = DryRun(
         input=str(job.input.manifest or job.input.root),
         output=str(out),
@@ -116,8 +121,8 @@ def survey(job: Job) -> DryRun:
     cache: HashCache | None = None
     if out.is_dir():
         done = load_done_keys(out, include_invalid=not job.run.retry_invalid)
-        if (out / HASHES_NAME).is_file():
-            cache = HashCache(out / HASHES_NAME, readonly=True)
+    if (state / HASHES_NAME).is_file():
+        cache = HashCache(state / HASHES_NAME, readonly=True)
     keys = ItemKeys(job)
     n_prompts = len(job.prompts)
     files = _files(job, keys)
@@ -143,7 +148,7 @@ def survey(job: Job) -> DryRun:
                 if f.error is not None:
                     report.invalid += n_prompts
                     continue
-                sha = _sha(f, cached.get(f.relpath), bool(done), report)
+                sha = _sha(f, cached.get(f.relpath), bool(done), report, fs)
                 todo = keys.pending(f, sha, done)
                 report.done += n_prompts - len(todo)
                 for p in todo:
@@ -159,14 +164,16 @@ def survey(job: Job) -> DryRun:
     return report
 
 
-def _sha(f: ImageFile, cached: str | None, need: bool, report: DryRun) -> str:
+def _sha(
+    f: ImageFile, cached: str | None, need: bool, report: DryRun, fs: FileSystem | None
+) -> str:
     """The file's sha256 when a key could be done (else any value: no key is done)."""
     if f.data is not None:
         return hashlib.sha256(f.data).hexdigest()
     if cached is not None or not need:
         return cached or ""
     try:
-        _, sha = read_file(f.full)
+        _, sha = read_file(f.full, fs)
     except InvalidImageError:
         return ""
     report.hashed += 1
@@ -183,7 +190,8 @@ async def count_tokens(job: Job, report: DryRun, api_key: str | None) -> None:
         try:
             raw = sample.file.data
             if raw is None:
-                raw, _ = read_file(sample.file.full)
+                fs = None if job.input.manifest is not None else input_fs(job.input.root)
+                raw, _ = read_file(sample.file.full, fs)
             image = encode_image(raw, job.image)
         except InvalidImageError:
             continue

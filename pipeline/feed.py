@@ -22,6 +22,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectReceiveStream
+from pyarrow.fs import FileSystem
 
 from .config import Job
 from .encode import EncodedImage, encode_image
@@ -34,7 +35,7 @@ from .schema import STATUS_INVALID, utc_now
 from .shards import parse_shard
 from .state import HashCache
 from .templates import MissingVariable, names, render, uses_variables
-from .walker import ImageFile, walk_images
+from .walker import ImageFile, walk_images, walk_objects
 
 WALK_BATCH = 256
 PREPARE_BATCH = 16  # files per thread hop at most...
@@ -56,8 +57,11 @@ class Loaded:
 MAX_FILE_BYTES = 1 << 30  # no image we can send is this big; refuse before reading it
 
 
-def read_file(path: str | os.PathLike[str]) -> tuple[bytes, str]:
-    """The file's bytes and their sha256 (blocking: call in a worker thread)."""
+def read_file(path: str | os.PathLike[str], fs: FileSystem | None = None) -> tuple[bytes, str]:
+    """The file's bytes and their sha256 (blocking: call in a worker thread). With ``fs`` (a
+    URI input), ``path`` is an object in that ``pyarrow.fs`` file system."""
+    if fs is not None:
+        return _read_object(fs, str(path))
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -73,6 +77,29 @@ def read_file(path: str | os.PathLike[str]) -> tuple[bytes, str]:
         raise InvalidImageError("is a folder, not a file") from None
     except OSError as exc:
         raise InvalidImageError(f"cannot read file: {exc.strerror or exc}") from None
+
+
+def _read_object(fs: FileSystem, path: str) -> tuple[bytes, str]:
+    from .storage import read_bytes
+
+    try:
+        raw = read_bytes(fs, path)
+    except FileNotFoundError:
+        raise InvalidImageError("object disappeared before it could be read") from None
+    except OSError as exc:
+        raise InvalidImageError(f"cannot read object: {exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise InvalidImageError(f"file too large ({len(raw):,} bytes)")
+    return raw, hashlib.sha256(raw).hexdigest()
+
+
+def input_fs(root: Path | str) -> FileSystem | None:
+    """The ``pyarrow.fs`` file system of a URI input (None for a local folder)."""
+    if isinstance(root, str):
+        from .storage import resolve
+
+        return resolve(root).fs
+    return None
 
 
 class ItemKeys:
@@ -135,6 +162,7 @@ class Feed:
         self.make_row = make_row
         self.cpu = cpu
         self.keys = ItemKeys(job)
+        self.fs = None if job.input.manifest is not None else input_fs(job.input.root)
 
     async def walk(self, tx: ObjectSendStream[ImageFile]) -> None:
         """List the tree in a thread, a batch at a time; files whose items are all done (by
@@ -176,7 +204,11 @@ class Feed:
         """The input's files (a folder walk or a manifest's rows), only this run's shard's."""
         inp = self.job.input
         files: Iterator[ImageFile] = (
-            walk_images(inp.root, inp.patterns)
+            (
+                walk_images(inp.root, inp.patterns)
+                if isinstance(inp.root, Path)
+                else walk_objects(inp.root, inp.patterns)
+            )
             if inp.manifest is None
             else manifest_files(inp.manifest, inp.keep, self.keys.variables)
         )
@@ -239,7 +271,8 @@ class Feed:
         if f.data is not None:
             raw, sha = f.data, hashlib.sha256(f.data).hexdigest()
         else:
-            raw, sha = read_file(f.full)  # the walker's str: no Path per file
+            # the walker's str: no Path per file
+            raw, sha = read_file(f.full) if self.fs is None else read_file(f.full, self.fs)
         todo = self.pending(f, sha, skip_done=True)
         if all(p.error is not None for p in todo):
             return Loaded(sha, todo, None, None, 0.0)
@@ -273,7 +306,9 @@ class Feed:
                 # the event loop ~0.1 ms, as much as reading, hashing and passing through a
                 # small JPEG. Big ones go one by one, so both encoder threads stay busy.
                 batch, size = [first], max(first.size, 0)
-                while len(batch) < PREPARE_BATCH and size < PREPARE_BATCH_BYTES:
+                # objects: one per hop, so the reads of several threads overlap their waits
+                most = 1 if self.fs is not None else PREPARE_BATCH
+                while len(batch) < most and size < PREPARE_BATCH_BYTES:
                     try:
                         f = rx.receive_nowait()
                     except (anyio.WouldBlock, anyio.EndOfStream):

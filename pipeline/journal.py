@@ -31,6 +31,7 @@ import pyarrow as pa
 from .schema import rows_to_table
 from .shards import is_live
 from .sink import atomic_file, fsync_dir, merged_name, part_name, write_atomic
+from .storage import Where
 
 log = logging.getLogger(__name__)
 
@@ -146,13 +147,17 @@ def read_segment(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def recover(folder: Path, schema: pa.Schema, live: Collection[str] = ()) -> int:
+def recover(
+    folder: Path, schema: pa.Schema, live: Collection[str] = (), parts: Where | None = None
+) -> int:
     """Fold leftover journal segments into part files (call while holding the lock), but those
     of the shards in ``live``: they are running now, their segments are in use.
 
     Returns the number of rows recovered. A segment whose part already landed is deleted. Each
-    run's rows take that run's schema (its ``.arrow`` file), else ``schema``.
+    run's rows take that run's schema (its ``.arrow`` file), else ``schema``. The part files
+    go to ``parts`` (an object-store output; the journal stays in the local ``folder``).
     """
+    out: Where = folder if parts is None else parts
     recovered = 0
     schemas: dict[str, pa.Schema | None] = {}
     for seg in sorted(folder.glob(f"{PREFIX}*.jsonl")):
@@ -162,8 +167,8 @@ def recover(folder: Path, schema: pa.Schema, live: Collection[str] = ()) -> int:
         run_id, seq = m["run"], int(m["seq"])
         if is_live(run_id, set(live)):
             continue
-        part = folder / part_name(run_id, seq)
-        merged = folder / merged_name(run_id)
+        part = out / part_name(run_id, seq)
+        merged = out / merged_name(run_id)
         if not part.exists() and not merged.exists():
             try:
                 rows = read_segment(seg)
@@ -183,6 +188,6 @@ def recover(folder: Path, schema: pa.Schema, live: Collection[str] = ()) -> int:
         if not is_live(run_id, set(live)) and not any(folder.glob(f"{PREFIX}{run_id}-*.jsonl")):
             path.unlink(missing_ok=True)
     if recovered:
-        fsync_dir(folder)
+        fsync_dir(out)
         log.info("recovered %d result rows from the journal of an interrupted run", recovered)
     return recovered

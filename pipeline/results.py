@@ -18,24 +18,45 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .errors import OutputError
 from .schema import SCHEMA
 from .sink import PART_GLOB
+from .storage import RemotePath, Where, is_uri, open_parquet, output_place, resolve, state_dir_for
 
 RUNS_NAME = "_caption_runs.jsonl"
 ITEM = ("image_path", "prompt_name")
 
 
-def part_files(output: Path) -> list[Path]:
+def place(output: Where | str) -> Where:
+    """An output as given (a folder, or a URI such as ``s3://bucket/prefix``) as a folder."""
+    return output_place(output) if isinstance(output, str) else output
+
+
+def state_of(output: Where | str) -> Path:
+    """Where ``output``'s run log and lock are: the folder itself, or for a URI the local state
+    folder ``caption run`` derives from it (the default ``--state-dir``)."""
+    if isinstance(output, RemotePath):
+        return state_dir_for(output.loc)
+    if isinstance(output, str) and is_uri(output):
+        return state_dir_for(resolve(output))
+    return Path(output)
+
+
+def part_files(output: Where | str) -> list[Where]:
     """The dataset's part files, oldest run first (names sort by run id, which sorts by time)."""
+    output = place(output)
+    if isinstance(output, RemotePath):
+        parts: list[Where] = list(output.glob(PART_GLOB))
+        if not parts and not output.exists():
+            raise OutputError(f"{output}: nothing there (no caption output)")
+        return parts
     if not output.is_dir():
         raise OutputError(f"{output} is not a folder (no caption output there)")
     return sorted(output.glob(PART_GLOB))
 
 
-def read_rows(output: Path, columns: Sequence[str] | None = None) -> pa.Table:
+def read_rows(output: Where | str, columns: Sequence[str] | None = None) -> pa.Table:
     """Every row of every part file as one table (columns a part lacks are null there).
 
     ``columns``: only these (those no part has are left out). An output without part files
@@ -44,7 +65,7 @@ def read_rows(output: Path, columns: Sequence[str] | None = None) -> pa.Table:
     tables: list[pa.Table] = []
     for part in part_files(output):
         try:
-            pf = pq.ParquetFile(part)
+            pf = open_parquet(part)
             names = pf.schema_arrow.names
             wanted = None if columns is None else [c for c in columns if c in names]
             tables.append(pf.read(columns=wanted))
@@ -81,20 +102,22 @@ def current(table: pa.Table, *, status: str | None = None) -> pa.Table:
     return order.filter(last)
 
 
-def job_of(output: Path) -> dict[str, Any] | None:
+def job_of(output: Where | str) -> dict[str, Any] | None:
     """The resolved job (``caption.job`` metadata) of the newest part file, if any (newest by
     the run id's time, then by the file's mtime: two runs of one second sort by their random
     suffix)."""
 
-    def age(part: Path) -> tuple[str, int]:
+    def age(part: Where) -> tuple[str, int]:
         try:
-            return part.name[len("part-") : len("part-YYYYmmddTHHMMSSZ")], part.stat().st_mtime_ns
+            st = part.stat()
+            ns = st.st_mtime_ns or int(st.st_mtime * 1e9)  # an object's: seconds only
+            return part.name[len("part-") : len("part-YYYYmmddTHHMMSSZ")], ns
         except OSError:
             return part.name, 0
 
     for part in sorted(part_files(output), key=age, reverse=True):
         try:
-            meta = pq.read_schema(part).metadata or {}
+            meta = open_parquet(part).schema_arrow.metadata or {}
         except (OSError, ValueError):
             continue
         raw = meta.get(b"caption.job")
@@ -134,10 +157,11 @@ class RunRecord:
         return self.ended_at is not None
 
 
-def read_runs(output: Path) -> list[RunRecord]:
+def read_runs(output: Where | str) -> list[RunRecord]:
     """The runs recorded in ``output``, oldest first (a line that does not parse is skipped:
-    a run killed while writing it leaves half a line)."""
-    path = output / RUNS_NAME
+    a run killed while writing it leaves half a line). A URI output's run log is in its local
+    state folder: on another machine there is none."""
+    path = state_of(output) / RUNS_NAME
     runs: dict[str, RunRecord] = {}
     try:
         lines = path.read_text(encoding="utf-8").splitlines()

@@ -67,12 +67,14 @@ from .state import (
     scan_parts,
 )
 from .steer import Steering
+from .storage import RemotePath, Where, output_place, state_folder
 from .structured import AnswerCheck, columns_of, merge_columns
 from .walker import ImageFile
 
 log = logging.getLogger(__name__)
 
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+REMOTE_READERS = 16  # threads reading (and encoding) images from an object store at once
 AUTO_START = 64  # first concurrency of "auto"; it doubles per step while the server has room
 
 
@@ -80,7 +82,7 @@ AUTO_START = 64  # first concurrency of "auto"; it doubles per step while the se
 class RunResult:
     tally: Tally
     run_id: str
-    output: Path
+    output: Where
     wall_s: float
     stop_reason: str | None = None
     stop_code: int | None = None
@@ -123,6 +125,8 @@ class Runner:
             retry_after_max=r.retry_after_max,
         )
         self.encoders = max(2, os.cpu_count() or 2)
+        if isinstance(job.input.root, str) and job.input.manifest is None:
+            self.encoders = max(self.encoders, REMOTE_READERS)  # reads wait on the network
         self.stop_reason: str | None = None
         self.stop_code: int | None = None
         self.limited = False  # stopped feeding at [run] limit
@@ -134,44 +138,51 @@ class Runner:
     # --- entry point --------------------------------------------------------------------
 
     async def run(self) -> RunResult:
-        out = self.job.run.output
+        where = self.job.run.output
+        out = output_place(where)  # the part files: a local folder or an object-store prefix
+        # lock, journal, hash cache, run log: the output folder, or a local state folder
+        state = state_folder(where, self.job.run.state_dir)
         try:
             out.mkdir(parents=True, exist_ok=True)
+            state.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             if exc.errno in STORAGE_ERRNOS:
-                raise StorageError(out, exc) from None
+                raise StorageError(exc.filename or out, exc) from None
             raise OutputError(f"cannot create output folder {out}: {exc}") from None
-        lock = OutputLock(out, self.shard)
+        if isinstance(out, RemotePath):
+            log.info("output %s; its lock, journal and hash cache are in %s", out, state)
+        lock = OutputLock(state, self.shard)
         try:
             lock.acquire(self.run_id)
         except OSError as exc:
-            raise StorageError(exc.filename or out, exc) from None
+            raise StorageError(exc.filename or state, exc) from None
         try:
             try:
-                result = await self._run_locked(out)
+                result = await self._run_locked(out, state)
             except OSError as exc:  # setting up or finishing: recovery, widening, the cache...
                 raise StorageError(exc.filename or out, exc) from None
-            self._log_run(out, "end", result)
+            self._log_run(state, "end", result)
             return result
         finally:
             lock.release()
 
-    async def _run_locked(self, out: Path) -> RunResult:
+    async def _run_locked(self, out: Where, state: Path) -> RunResult:
         schema = schema_with_job(self.job.public_dict(), job_columns(self.job))
+        apart = None if state == out else state  # bookkeeping kept apart from the parts
 
         def prepare() -> tuple[set[str], pa.Schema]:
             """Recover what crashed runs left (not what running shards are writing), then
             read the done keys and the dataset's schema; one starting run at a time."""
-            with recovering(out):
-                live = running_shards(out, mine=self.shard) if self.shard is not None else set()
-                _recover(out, schema, live)
+            with recovering(state):
+                live = running_shards(state, mine=self.shard) if self.shard is not None else set()
+                _recover(out, schema, live, apart)
                 return _scan(out, schema, include_invalid=not self.job.run.retry_invalid, live=live)
 
         done, schema = await anyio.to_thread.run_sync(prepare)
-        self._log_run(out, "start")
-        cache = open_hash_cache(out)
+        self._log_run(state, "start")
+        cache = open_hash_cache(state)
         writer = PartWriter(out, self.run_id, schema)
-        journal = Journal(out, self.run_id, schema)
+        journal = Journal(state, self.run_id, schema)
         reporter = Reporter(self.tally, enabled=self.job.run.progress)
         started = time.monotonic()
         collector = Collector(
@@ -189,7 +200,7 @@ class Runner:
         if collector.storage_error is None:
             try:
                 await anyio.to_thread.run_sync(
-                    compact, out, self.run_id, writer.parts, writer.schema
+                    compact, out, self.run_id, writer.parts, writer.schema, apart
                 )
             except OSError as exc:  # the parts stay as they are; the next run recovers
                 self._storage_failed(StorageError(exc.filename or out, exc))
@@ -207,7 +218,7 @@ class Runner:
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "command": shlex.join(["caption", *sys.argv[1:]]),
-                "input": str(Path(inp).resolve()),
+                "input": inp if isinstance(inp, str) else str(Path(inp).resolve()),
                 "prompts": [p.name for p in self.job.prompts],
             }
         else:
@@ -438,7 +449,7 @@ def job_columns(job: Job) -> list[tuple[str, pa.DataType]]:
 
 
 def _scan(
-    out: Path, schema: pa.Schema, *, include_invalid: bool, live: set[str]
+    out: Where, schema: pa.Schema, *, include_invalid: bool, live: set[str]
 ) -> tuple[set[str], pa.Schema]:
     """Done keys, and the dataset's schema: this run's, widened with earlier runs' columns;
     part files that lack some of its columns get them (as nulls), so all read as one table
@@ -457,9 +468,12 @@ def _scan(
     return done, schema
 
 
-def _recover(out: Path, schema: pa.Schema, live: set[str]) -> None:
+def _recover(out: Where, schema: pa.Schema, live: set[str], state: Path | None) -> None:
     """Undo what crashed runs left half-done (temp files, a compaction, the journal), but not
-    what the shards in ``live`` are writing now."""
+    what the shards in ``live`` are writing now. ``state``: where the journal and compaction
+    markers are when not in ``out`` (an object-store output)."""
     remove_stale_temps(out, live)
-    recover_compaction(out, live)
-    recover_journal(out, schema, live)
+    recover_compaction(out, live, state)
+    journal = state if state is not None else out
+    assert isinstance(journal, Path)  # only a local output keeps its journal beside its parts
+    recover_journal(journal, schema, live, parts=out)

@@ -10,6 +10,7 @@ into place, so a reader or a crash never sees a half-written file. Part files ar
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 from collections.abc import Collection, Iterator
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 
 from .schema import rows_to_table
 from .shards import is_live, tag_of
+from .storage import RemotePath, Where, open_parquet
 
 PART_GLOB = "part-*.parquet"
 COMPACT_MARKER = "_caption_compact.json"
@@ -28,7 +30,9 @@ COMPACT_MIN_PARTS = 2
 MERGE_ROWS = 65_536
 
 
-def fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Where) -> None:
+    if isinstance(folder, RemotePath):
+        return  # an object store has no folders: each object is durable when its upload ends
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -37,10 +41,16 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(final: Path) -> Iterator[BinaryIO]:
+def atomic_file(final: Where) -> Iterator[BinaryIO]:
     """A hidden temp file for ``final``: on success it is fsynced, made 0644 and renamed into
     place, and the folder fsynced; on error it is removed. Readers and crashes never see a
-    half-written ``final``."""
+    half-written ``final``. In an object store (``RemotePath``) the bytes are gathered in
+    memory and uploaded whole on success: an object appears whole or not at all."""
+    if isinstance(final, RemotePath):
+        buf = io.BytesIO()
+        yield buf
+        final.write_bytes(buf.getvalue())
+        return
     tmp = final.with_name(f".{final.name}.tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -55,7 +65,7 @@ def atomic_file(final: Path) -> Iterator[BinaryIO]:
     fsync_dir(final.parent)
 
 
-def write_atomic(table: pa.Table, final: Path) -> None:
+def write_atomic(table: pa.Table, final: Where) -> None:
     """Write ``table`` to ``final`` through ``atomic_file``."""
     with atomic_file(final) as fh:
         pq.write_table(table, fh, compression="zstd")
@@ -72,14 +82,14 @@ def merged_name(run_id: str) -> str:
 class PartWriter:
     """Appends rows; ``flush()`` turns the buffered rows into one new part file (blocking IO)."""
 
-    def __init__(self, folder: Path, run_id: str, schema: pa.Schema) -> None:
+    def __init__(self, folder: Where, run_id: str, schema: pa.Schema) -> None:
         self.folder = folder
         self.run_id = run_id
         self.schema = schema
         self.buffer: list[dict[str, Any]] = []
         self.seq = 0
         self.rows_written = 0
-        self.parts: list[Path] = []
+        self.parts: list[Where] = []
 
     def add(self, row: dict[str, Any]) -> None:
         self.buffer.append(row)
@@ -88,7 +98,7 @@ class PartWriter:
         rows, self.buffer = self.buffer, []
         return rows
 
-    def write(self, rows: list[dict[str, Any]], seq: int | None = None) -> Path | None:
+    def write(self, rows: list[dict[str, Any]], seq: int | None = None) -> Where | None:
         """Write ``rows`` as part file ``seq`` (default: the next one); call from a worker
         thread. The collector passes its journal segment's number, so a segment and the part
         it became share one number."""
@@ -102,7 +112,7 @@ class PartWriter:
         return final
 
 
-def remove_stale_temps(folder: Path, live: Collection[str] = ()) -> int:
+def remove_stale_temps(folder: Where, live: Collection[str] = ()) -> int:
     """Delete temp files crashed runs left behind, but those of the shards in ``live`` (running
     now: their temps are in use). Call while holding the lock."""
     removed = 0
@@ -121,17 +131,24 @@ def marker_name(run_id: str) -> str:
     return COMPACT_MARKER if tag is None else f"_caption_compact-{tag}.json"
 
 
-def compact(folder: Path, run_id: str, parts: list[Path], schema: pa.Schema) -> Path | None:
+def compact(
+    folder: Where,
+    run_id: str,
+    parts: list[Where],
+    schema: pa.Schema,
+    state: Path | None = None,
+) -> Where | None:
     """Merge one run's small part files into ``part-<run_id>-all.parquet`` (blocking IO).
 
     Crash-safe: a marker listing the small parts is made durable before the merged file is
     renamed in; ``recover_compaction`` finishes or undoes an interrupted compaction, so a key
-    is never left with two copies of its row.
+    is never left with two copies of its row. The marker goes in ``state`` (the local state
+    folder of an object-store output), else in ``folder``.
     """
     if len(parts) < COMPACT_MIN_PARTS:
         return None
     final = folder / merged_name(run_id)
-    marker = folder / marker_name(run_id)
+    marker = (state or folder) / marker_name(run_id)
     with atomic_file(marker) as fh:
         fh.write(json.dumps({"merged": final.name, "parts": [p.name for p in parts]}).encode())
     _merge(parts, final, schema)
@@ -139,16 +156,18 @@ def compact(folder: Path, run_id: str, parts: list[Path], schema: pa.Schema) -> 
         part.unlink(missing_ok=True)
     marker.unlink()
     fsync_dir(folder)
+    if state is not None:
+        fsync_dir(state)
     return final
 
 
-def _merge(parts: list[Path], final: Path, schema: pa.Schema) -> None:
+def _merge(parts: list[Where], final: Where, schema: pa.Schema) -> None:
     """Stream ``parts`` into one file with row groups of about ``MERGE_ROWS`` rows."""
     with atomic_file(final) as fh, pq.ParquetWriter(fh, schema, compression="zstd") as writer:
         pending: list[pa.Table] = []
         rows = 0
         for part in parts:
-            table = pq.ParquetFile(part).read().cast(schema)  # no pyarrow.dataset import
+            table = open_parquet(part).read().cast(schema)  # no pyarrow.dataset import
             pending.append(table)
             rows += table.num_rows
             if rows >= MERGE_ROWS:
@@ -158,13 +177,13 @@ def _merge(parts: list[Path], final: Path, schema: pa.Schema) -> None:
             writer.write_table(pa.concat_tables(pending))
 
 
-def widen(part: Path, schema: pa.Schema) -> None:
+def widen(part: Where, schema: pa.Schema) -> None:
     """Rewrite ``part`` with ``schema``'s columns that it lacks added as nulls (blocking IO).
 
     The rows and their values do not change, so a crash midway leaves the old file or the new
     one, never a mix; the file keeps its own metadata (its run's job).
     """
-    pf = pq.ParquetFile(part)
+    pf = open_parquet(part)
     have = pf.schema_arrow
     target = pa.schema(
         [have.field(f.name) if f.name in have.names else f for f in schema], metadata=have.metadata
@@ -178,10 +197,12 @@ def widen(part: Path, schema: pa.Schema) -> None:
             writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=target))
 
 
-def recover_compaction(folder: Path, live: Collection[str] = ()) -> None:
+def recover_compaction(
+    folder: Where, live: Collection[str] = (), state: Path | None = None
+) -> None:
     """Finish the compactions crashes interrupted, but those of the shards in ``live`` (call
-    while holding the lock)."""
-    for marker in folder.glob("_caption_compact*.json"):
+    while holding the lock). Markers are in ``state`` when given (an object-store output)."""
+    for marker in (state or folder).glob("_caption_compact*.json"):
         tag = marker.name.removeprefix("_caption_compact").removesuffix(".json").lstrip("-")
         if tag and tag in live:
             continue
@@ -196,3 +217,5 @@ def recover_compaction(folder: Path, live: Collection[str] = ()) -> None:
                 (folder / name).unlink(missing_ok=True)
         marker.unlink(missing_ok=True)
         fsync_dir(folder)
+        if state is not None:
+            fsync_dir(state)

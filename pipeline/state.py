@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .errors import ConfigError, OutputError
 from .schema import STATUS_INVALID, STATUS_OK, own_columns
 from .shards import LOCK_NAME as LOCK_NAME  # the locks live in shards.py
 from .shards import OutputLock as OutputLock
 from .sink import PART_GLOB
+from .storage import Where, open_parquet
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,14 @@ def _holder(path: Path) -> LockHolder | None:
     return LockHolder(pid, run_id, text[2] if len(text) > 2 else None)
 
 
-def load_done_keys(folder: Path, *, include_invalid: bool = True) -> set[str]:
+def load_done_keys(folder: Where, *, include_invalid: bool = True) -> set[str]:
     """Keys a rerun skips (see ``scan_parts``)."""
     return scan_parts(folder, include_invalid=include_invalid)[0]
 
 
 def scan_parts(
-    folder: Path, *, include_invalid: bool = True
-) -> tuple[set[str], dict[Path, pa.Schema]]:
+    folder: Where, *, include_invalid: bool = True
+) -> tuple[set[str], dict[Where, pa.Schema]]:
     """Keys a rerun skips, and each part file's schema.
 
     Skipped: every ``ok`` row, and (unless ``include_invalid`` is False) every ``invalid`` row
@@ -94,13 +94,13 @@ def scan_parts(
     A part file that cannot be read stops the run: skipping it would redo its items and give
     their keys a second ``ok`` row once the file is readable again.
     """
-    parts = sorted(folder.glob(PART_GLOB))
+    parts: list[Where] = sorted(folder.glob(PART_GLOB))
     done: set[str] = set()
-    schemas: dict[Path, pa.Schema] = {}
+    schemas: dict[Where, pa.Schema] = {}
     for part in parts:
         try:
             # ParquetFile, not read_table: read_table imports pyarrow.dataset (0.27 s).
-            pf = pq.ParquetFile(part)
+            pf = open_parquet(part)
             table = pf.read(columns=["key", "status", "image_sha256"])
             schemas[part] = pf.schema_arrow
         except (OSError, ValueError) as exc:
@@ -118,7 +118,7 @@ def scan_parts(
     return done, schemas
 
 
-def dataset_schema(schema: pa.Schema, parts: dict[Path, pa.Schema]) -> pa.Schema:
+def dataset_schema(schema: pa.Schema, parts: dict[Where, pa.Schema]) -> pa.Schema:
     """This run's schema widened with the columns earlier runs wrote, so every part file of
     the dataset can hold one schema (readers then see one table whatever each run asked for).
 
@@ -141,7 +141,7 @@ def dataset_schema(schema: pa.Schema, parts: dict[Path, pa.Schema]) -> pa.Schema
     return pa.schema([*schema, *extra], metadata=schema.metadata)
 
 
-def parts_to_widen(schema: pa.Schema, parts: dict[Path, pa.Schema]) -> list[Path]:
+def parts_to_widen(schema: pa.Schema, parts: dict[Where, pa.Schema]) -> list[Where]:
     """The part files that lack some of ``schema``'s columns."""
     names = set(schema.names)
     return [part for part, s in parts.items() if not names <= set(s.names)]

@@ -18,9 +18,10 @@ from typing import Any
 import pyarrow as pa
 
 from .errors import ConfigError, OutputError
-from .results import RunRecord, current, job_of, read_rows, read_runs
+from .results import RunRecord, current, job_of, place, read_rows, read_runs, state_of
 from .schema import STATUS_FAILED, STATUS_INVALID, STATUS_OK
 from .state import LockHolder, lock_holders
+from .storage import Where, is_uri, path_or_uri
 
 STATES = (STATUS_OK, STATUS_FAILED, STATUS_INVALID, "pending")
 
@@ -67,10 +68,16 @@ class Status:
         }
 
 
-def dataset_status(output: Path, *, walk: bool = True) -> Status:
-    """The status of the dataset in ``output`` (reads only; creates nothing)."""
-    if not output.is_dir():
+def dataset_status(output: Path | str, *, walk: bool = True) -> Status:
+    """The status of the dataset in ``output`` (a folder or a URI; reads only, creates
+    nothing)."""
+    folder = place(output)
+    if isinstance(folder, Path) and not folder.is_dir():
         raise OutputError(f"{output} is not a folder: no caption output there")
+    return _status(folder, walk=walk)
+
+
+def _status(output: Where, *, walk: bool) -> Status:
     table = read_rows(output, ["image_path", "prompt_name", "status", "finished_at"])
     job = job_of(output) or {}
     runs = read_runs(output)
@@ -78,7 +85,9 @@ def dataset_status(output: Path, *, walk: bool = True) -> Status:
     where = inp.get("manifest") or inp.get("root")
     if where is None and runs:
         where = runs[-1].input
-    status = Status(str(output), where, table.num_rows, runs=runs, running=lock_holders(output))
+    status = Status(
+        str(output), where, table.num_rows, runs=runs, running=lock_holders(state_of(output))
+    )
     names = [p.get("name", "default") for p in job.get("prompts") or []]
     for name in names:
         status.prompts[name] = PromptStatus()
@@ -100,7 +109,7 @@ def dataset_status(output: Path, *, walk: bool = True) -> Status:
 
 def _count_pending(status: Status, inp: dict[str, Any], names: list[str], latest: pa.Table) -> None:
     """Items of the input (each image x each of the job's prompts) with no row yet."""
-    from .walker import walk_images
+    from .walker import walk_input
 
     seen = set(
         zip(latest["image_path"].to_pylist(), latest["prompt_name"].to_pylist(), strict=True)
@@ -112,11 +121,12 @@ def _count_pending(status: Status, inp: dict[str, Any], names: list[str], latest
 
         identities = (e.identity for e in read_entries(open_manifest(Path(inp["manifest"]), ())))
     else:
-        root = Path(inp.get("root") or ".")
-        if not root.is_dir():
+        given = inp.get("root") or "."
+        root: Path | str = given if is_uri(given) else Path(given)
+        if isinstance(root, Path) and not root.is_dir():
             raise ConfigError(f"{root} is not a folder")
         patterns = tuple(inp.get("patterns") or ())
-        identities = (f.relpath for f in walk_images(root, patterns))
+        identities = (f.relpath for f in walk_input(root, patterns))
     for identity in identities:
         for name in names:
             if (identity, name) not in seen:
@@ -170,7 +180,7 @@ def format_status(st: Status) -> str:
 
 
 def add_status_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("output", type=Path, help="the run's --output folder")
+    p.add_argument("output", type=path_or_uri, help="the run's --output folder (or URI)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.add_argument(
         "--no-walk", action="store_true", help="do not walk the input to count pending items"

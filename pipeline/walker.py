@@ -117,3 +117,21 @@ def _is_dir(entry: os.DirEntry[str]) -> bool:
         return entry.is_dir()  # follows symlinks; no syscall unless the entry is a link
     except OSError:
         return False
+
+
+def walk_objects(uri: str, patterns: tuple[str, ...]) -> Iterator[ImageFile]:
+    """``walk_images`` for a URI (``s3://bucket/prefix``): the objects below it whose name
+    matches, streamed from the store's listing (``storage.iter_objects``). ``full`` is the
+    object's path in its file system (``bucket/key``); the S3 ETag stands in for the inode in
+    the hash cache's key (it changes with the bytes)."""
+    from .storage import etag_number, iter_objects, resolve
+
+    for obj in iter_objects(resolve(uri), _matcher(patterns)):
+        yield ImageFile(obj.path, obj.relpath, obj.size, obj.mtime_ns, 0, etag_number(obj.etag))
+
+
+def walk_input(root: Path | str, patterns: tuple[str, ...]) -> Iterator[ImageFile]:
+    """The input's image files: a local folder's walk, or a URI's listing."""
+    if isinstance(root, str):
+        return walk_objects(root, patterns)
+    return walk_images(root, patterns)

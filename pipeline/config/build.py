@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..schema import COLUMNS
 from ..shards import parse_shard
+from ..storage import is_uri
 from ..structured import check_schema, columns_of, merge_columns
 from ..templates import check_template
 from .settings import (
@@ -28,7 +29,13 @@ from .settings import (
     settings_of,
 )
 
-_CONVERT: dict[type, Any] = {float: float, Path: Path, tuple: tuple, dict: dict}
+
+def _path(value: str) -> Path | str:
+    """A path setting's value: a ``Path``, or a URI kept as it is (``storage.is_uri``)."""
+    return value if is_uri(value) else Path(value)
+
+
+_CONVERT: dict[type, Any] = {float: float, Path: _path, tuple: tuple, dict: dict}
 
 
 def _section(section: str, table: Mapping[str, Any], **derived: Any) -> Any:
@@ -125,6 +132,11 @@ def _input(inp: Mapping[str, Any]) -> tuple[Any, Collection[str] | None]:
     if "manifest" in inp:
         from ..manifest import open_manifest  # only manifest jobs read one
 
+        if is_uri(inp["manifest"]):
+            raise ConfigError(
+                f"--manifest {inp['manifest']}: a manifest in object storage is not supported "
+                "yet; copy it to a local file (its images may be anywhere it names)"
+            )
         inputs = _section("input", inp, root=Path(inp["manifest"]).parent)
         if len(set(inputs.keep)) != len(inputs.keep):
             raise ConfigError(f"[input] keep names a column twice: {list(inputs.keep)}")
@@ -140,7 +152,11 @@ def _input(inp: Mapping[str, Any]) -> tuple[Any, Collection[str] | None]:
     inputs = _section("input", inp)
     if inputs.keep:
         raise ConfigError("[input] keep copies manifest columns: it needs a manifest")
-    if not inputs.root.is_dir():
+    if isinstance(inputs.root, str):  # a URI: listed when the run starts
+        from ..storage import resolve
+
+        resolve(inputs.root)  # a URI that cannot be used: ConfigError now
+    elif not inputs.root.is_dir():
         raise ConfigError(f"input folder does not exist or is not a folder: {inputs.root}")
     if not inputs.patterns or not all(isinstance(p, str) and p for p in inputs.patterns):
         raise ConfigError("[input] patterns must be a non-empty list of glob strings")

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..storage import is_uri
 from .settings import SECTIONS, SETTINGS, Setting, settings_of
 
 FLAGS: dict[str, Setting] = {s.dest: s for s in SETTINGS if s.flag is not None}
@@ -132,7 +133,7 @@ def _value(s: Setting, value: Any) -> Any:
     if s.repeat:
         return [value] if isinstance(value, str) else list(value)
     if s.path:
-        return str(Path(value).expanduser().resolve())
+        return value if is_uri(value) else str(Path(value).expanduser().resolve())
     return value
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..storage import is_uri
 from .settings import ARRAYS, SECTIONS, SETTINGS
 
 # section -> key -> accepted TOML types
@@ -83,7 +84,7 @@ def read_job_file(path: Path) -> dict[str, Any]:
     for s in SETTINGS:
         if s.path:
             for table in tables(raw, s.section):
-                if isinstance(table.get(s.key), str):
+                if isinstance(table.get(s.key), str) and not is_uri(table[s.key]):
                     table[s.key] = str((base / os.path.expanduser(table[s.key])).resolve())
     raw["_source"] = str(path.resolve())
     return raw

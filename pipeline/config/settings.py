@@ -80,7 +80,9 @@ class EndpointConfig:
 
 @dataclass(frozen=True, slots=True)
 class InputConfig:
-    root: Path = setting(Path("."), "--input DIR", "folder of images (walked recursively)")
+    root: Path | str = setting(  # str: a URI (s3://bucket/prefix), see storage.py
+        Path("."), "--input DIR", "folder of images (walked recursively), or a URI (s3://b/p)"
+    )
     patterns: tuple[str, ...] = setting(
         DEFAULT_PATTERNS, "--pattern GLOB", "file-name glob, any case (repeatable)", dest="patterns"
     )
@@ -132,7 +134,9 @@ class PromptConfig:
 
 @dataclass(frozen=True, slots=True)
 class RunConfig:
-    output: Path = setting(Path("out"), "--output DIR", "Parquet dataset folder (created)")
+    output: Path | str = setting(  # str: a URI (s3://bucket/prefix), see storage.py
+        Path("out"), "--output DIR", "Parquet dataset folder (created), or a URI (s3://b/p)"
+    )
     concurrency: int | None = setting(  # None = "auto" (adapts to the server)
         None,
         "--concurrency N|auto",
@@ -157,6 +161,12 @@ class RunConfig:
     )
     limit: int | None = setting(
         None, "--limit N", "send at most N items (image x prompt) in this run, for a first look"
+    )
+    state_dir: Path | None = setting(
+        None,
+        "--state-dir DIR",
+        "local folder for the lock, journal and hash cache (default: the output folder; for a "
+        "URI output a folder under ~/.cache/caption/state)",
     )
     log_file: Path | None = setting(None, "--log-file FILE", "also append the log to FILE")
     log_format: str = setting(
@@ -235,7 +245,8 @@ class Setting:
 def _kind(hint: Any) -> type:
     """``int | None`` -> int, ``tuple[str, ...]`` -> tuple, ``Mapping[str, Any]`` -> dict."""
     if isinstance(hint, UnionType):
-        (hint,) = (a for a in get_args(hint) if a is not NoneType)
+        args = [a for a in get_args(hint) if a is not NoneType]
+        (hint,) = [Path] if Path in args else args  # Path | str: a path or a URI
     base = get_origin(hint) or hint
     return dict if base is Mapping else tuple if base is tuple else base
 
