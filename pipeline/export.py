@@ -35,9 +35,10 @@ import pyarrow.parquet as pq
 from .errors import EXIT_FAILED, EXIT_OK, ConfigError, OutputError
 from .export_files import FileCounts, Images, export_imagefolder, export_txt
 from .quality import FLAGS, count_flags, with_flags
-from .results import current, job_of, part_files, read_rows
+from .results import current, job_of, part_files, place, read_rows
 from .schema import COLUMNS
 from .sink import atomic_file
+from .storage import RemotePath, Where, open_parquet, path_or_uri
 from .structured import columns_of
 
 FORMATS = ("txt", "jsonl", "csv", "parquet", "imagefolder")
@@ -100,7 +101,7 @@ def parse_flags(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def dataset_job(output: Path) -> dict[str, Any] | None:
+def dataset_job(output: Where) -> dict[str, Any] | None:
     """The job of the newest run (``results.job_of``), with the prompts of every run: a prompt
     that an earlier run had and the newest one dropped keeps its text and schema, so its rows
     are still flagged by what it asked for."""
@@ -110,7 +111,7 @@ def dataset_job(output: Path) -> dict[str, Any] | None:
     prompts = {p.get("name"): p for p in job.get("prompts") or ()}
     for part in reversed(part_files(output)):
         try:
-            raw = (pq.read_schema(part).metadata or {}).get(b"caption.job")
+            raw = (open_parquet(part).schema_arrow.metadata or {}).get(b"caption.job")
             older = json.loads(raw) if raw else {}
         except (OSError, ValueError):
             continue
@@ -120,7 +121,7 @@ def dataset_job(output: Path) -> dict[str, Any] | None:
 
 
 def select(
-    output: Path,
+    output: Where,
     *,
     status: str = "ok",
     prompt: str | None = None,
@@ -173,9 +174,11 @@ def _prompt_fields(job: Mapping[str, Any] | None, prompt: str, table: pa.Table) 
     return [c for c in own if c in mine]
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def _inside(path: Path, folder: Where) -> bool:
     """``path`` is in ``folder`` where readers of the dataset would see it (not in a hidden or
     ``_`` entry, which pyarrow, pandas, polars and duckdb skip)."""
+    if isinstance(folder, RemotePath):
+        return False  # a local file is never inside an object store's prefix
     try:
         rel = path.resolve().relative_to(folder.resolve())
     except ValueError:
@@ -183,11 +186,16 @@ def _inside(path: Path, folder: Path) -> bool:
     return not rel.parts or not rel.parts[0].startswith(("_", "."))
 
 
-def _single_target(output: Path, fmt: str, to: str | Path | None) -> Path | None:
+def _single_target(output: Where, fmt: str, to: str | Path | None) -> Path | None:
     """Where a single-file format goes (None: standard output)."""
-    default_name = output.resolve().name + SUFFIX[fmt]
-    if to is None:
-        return output.resolve().with_name(default_name)
+    if isinstance(output, RemotePath):
+        if to is None:
+            raise ConfigError(f"{output} is in object storage: give --to FILE (or - for stdout)")
+        default_name = output.name + SUFFIX[fmt]
+    else:
+        default_name = output.resolve().name + SUFFIX[fmt]
+        if to is None:
+            return output.resolve().with_name(default_name)
     if str(to) == "-":
         if fmt == "parquet":
             raise ConfigError("--to -: parquet is not written to standard output; give a file")
@@ -252,7 +260,7 @@ def write_csv(table: pa.Table, fh: IO[bytes]) -> None:
 
 
 def _write_single(
-    sel: Selection, fmt: str, output: Path, target: Path | None, existing: str
+    sel: Selection, fmt: str, output: Where, target: Path | None, existing: str
 ) -> ExportResult:
     table = sel.table
     if fmt == "parquet":
@@ -291,7 +299,7 @@ def _write_single(
 
 
 def export(
-    output: Path,
+    output: Path | str | Where,
     fmt: str,
     *,
     to: str | Path | None = None,
@@ -312,6 +320,12 @@ def export(
     """
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    output = place(output)
+    if isinstance(output, RemotePath) and fmt not in SUFFIX:
+        raise ConfigError(
+            f"{output} is in object storage: {fmt} (which copies or names the images) is not "
+            f"supported there yet; use {', '.join(SUFFIX)}"
+        )
     if existing not in EXISTING:
         raise ConfigError(f"--existing must be one of {', '.join(EXISTING)}, got {existing!r}")
     if fmt in ("txt", "imagefolder") and status != "ok":
@@ -337,6 +351,7 @@ def export(
         if fmt in SUFFIX:
             result = _write_single(sel, fmt, output, target, existing)
         else:
+            assert isinstance(output, Path)  # refused above for object storage
             result = _write_files(sel, fmt, output, folder, prompt, existing)
     except OSError as exc:  # a folder that is a file, no permission, a full disk
         where = exc.filename or target or folder
@@ -399,7 +414,10 @@ def _write_files(
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """``caption export``'s arguments, on the subcommand's parser."""
     parser.add_argument(
-        "output", metavar="OUTPUT", type=Path, help="the output folder of caption run"
+        "output",
+        metavar="OUTPUT",
+        type=path_or_uri,
+        help="the output folder (or URI) of caption run",
     )
     parser.add_argument(
         "--format",

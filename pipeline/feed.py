@@ -192,6 +192,9 @@ class Feed:
                 except ManifestError as exc:
                     self.on_fatal(str(exc))
                     break
+                except OSError as exc:  # an object store's listing failed (a folder walk
+                    self.on_fatal(str(exc))  # skips what it cannot read instead)
+                    break
                 if not seen:
                     break
                 self.tally.images += seen

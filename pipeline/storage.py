@@ -207,7 +207,7 @@ def iter_objects(
     ``match(name)`` filters by file name (the last path component). Names with a component
     starting with ``.`` are skipped, as the local walk skips hidden entries, and so are
     S3 "folder" marker keys (ending in ``/``). S3: in key order (one paged listing); elsewhere
-    depth-first, names sorted within each folder.
+    depth-first, names sorted within each folder. A listing that fails: ``OSError``.
     """
     if loc.s3 is not None and _botocore_available():
         yield from _iter_s3(loc, loc.s3, match)
@@ -252,7 +252,7 @@ def _iter_s3(
         try:
             page = client.list_objects_v2(**kwargs)
         except Exception as exc:  # botocore's errors share no base class with OSError
-            raise OutputError(f"cannot list {loc.uri}: {exc}") from None
+            raise OSError(f"cannot list {loc.uri}: {exc}") from None
         for obj in page.get("Contents", ()):
             key: str = obj["Key"]
             rel = key[len(prefix) :]
@@ -307,7 +307,7 @@ def _level(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=False))
     except (OSError, pa.ArrowException) as exc:
-        raise OutputError(f"cannot list {path}: {exc}") from None
+        raise OSError(f"cannot list {path}: {exc}") from None
     return sorted(infos, key=lambda i: i.path, reverse=True)  # pop() yields them in order
 
 

@@ -19,6 +19,7 @@ from helpers import make_images
 from s3server import S3Server, moto_server
 
 from pipeline import storage
+from pipeline.config import Overrides, load_job
 from pipeline.errors import ConfigError
 from pipeline.sim import SimConfig, SimServer
 
@@ -282,9 +283,29 @@ def test_run_on_s3_then_rerun_skips(s3: S3Server, sim: SimServer, tmp_path: Path
     assert isinstance(status, subprocess.CompletedProcess)
     assert status.returncode == 0, status.stderr
     got = json.loads(status.stdout)
+    assert got["output"] == f"s3://{bucket}/out"
     assert got["prompts"]["prompt"]["ok"] == 30
     assert got["prompts"]["prompt"]["pending"] == 0
     assert got["runs"] == 2
+
+    dry = _caption(s3, tmp_path, *_run_args(sim, bucket), "--dry-run")
+    assert isinstance(dry, subprocess.CompletedProcess)
+    assert dry.returncode == 0, dry.stderr
+    assert "30 already done, 0 invalid, 0 to send" in dry.stdout
+
+    uri = f"s3://{bucket}/out"
+    export = _caption(s3, tmp_path, "export", uri, "--format", "jsonl", "--to", str(tmp_path))
+    assert isinstance(export, subprocess.CompletedProcess)
+    assert export.returncode == 0, export.stderr
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert len(lines) == 30 and json.loads(lines[0])["status"] == "ok"
+    for args, why in (
+        (["--format", "csv"], "give --to FILE"),
+        (["--format", "txt", "--to", str(tmp_path / "t")], "not supported there yet"),
+    ):
+        refused = _caption(s3, tmp_path, "export", uri, *args)
+        assert isinstance(refused, subprocess.CompletedProcess)
+        assert refused.returncode == 2 and why in refused.stderr, refused.stderr
 
 
 @pytest.mark.slow
@@ -319,3 +340,33 @@ def test_sigkill_mid_run_resumes(s3: S3Server, tmp_path: Path) -> None:
     assert set(table.column("status").to_pylist()) == {"ok"}
     assert len(set(table.column("run_id").to_pylist())) == 2  # the killed run's rows were kept
     assert not list(state.glob("_caption_journal-*"))
+
+
+def test_uris_stay_uris_in_job_files_and_flags(s3: S3Server, tmp_path: Path) -> None:
+    """A URI is not resolved against the job file's folder (or the working folder) as a
+    relative path would be; local paths still are; ``state_dir`` is a path setting."""
+    bucket = s3.new_bucket()
+    _put(s3, bucket, {"in/x.jpg": b"x"})
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(
+        f'[input]\nroot = "s3://{bucket}/in"\n[[prompt]]\ntext = "hi"\n'
+        f'[run]\noutput = "s3://{bucket}/out"\nstate_dir = "state"\n'
+    )
+    job = load_job(job_file, Overrides())
+    assert job.input.root == f"s3://{bucket}/in"
+    assert job.run.output == f"s3://{bucket}/out"
+    assert job.run.state_dir == tmp_path / "state"
+    job = load_job(job_file, Overrides(output=f"s3://{bucket}/other", input=str(tmp_path)))
+    assert job.run.output == f"s3://{bucket}/other"
+    assert job.input.root == tmp_path
+
+
+def test_unusable_input_uri_is_a_config_error(s3: S3Server, tmp_path: Path) -> None:
+    bucket = s3.new_bucket()
+    for uri, why in (
+        ("s3://no-such-bucket-xyz/in", "no such bucket, or no objects under it"),
+        (f"s3://{bucket}/empty", "no such bucket, or no objects under it"),
+        (f"s3://{bucket}/in?secret_key=x", "do not put secret_key in the URI"),
+    ):
+        with pytest.raises(ConfigError, match=why):
+            load_job(None, Overrides(input=uri, output=str(tmp_path / "o"), prompt="hi"))

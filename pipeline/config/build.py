@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 from ..schema import COLUMNS
 from ..shards import parse_shard
 from ..storage import is_uri
@@ -153,9 +153,14 @@ def _input(inp: Mapping[str, Any]) -> tuple[Any, Collection[str] | None]:
     if inputs.keep:
         raise ConfigError("[input] keep copies manifest columns: it needs a manifest")
     if isinstance(inputs.root, str):  # a URI: listed when the run starts
-        from ..storage import resolve
+        from ..storage import exists, resolve
 
-        resolve(inputs.root)  # a URI that cannot be used: ConfigError now
+        try:
+            found = exists(resolve(inputs.root))
+        except (OSError, OutputError) as exc:
+            raise ConfigError(f"cannot reach the input {inputs.root}: {exc}") from None
+        if not found:
+            raise ConfigError(f"input {inputs.root}: no such bucket, or no objects under it")
     elif not inputs.root.is_dir():
         raise ConfigError(f"input folder does not exist or is not a folder: {inputs.root}")
     if not inputs.patterns or not all(isinstance(p, str) and p for p in inputs.patterns):

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from ..errors import EXIT_OK, EXIT_USAGE, OutputError
+from ..storage import path_or_uri
 from .html import MAX_THUMBNAILS, Timings, build_report, default_dest
 from .thumbs import QUALITY, SIZE
 
@@ -33,7 +34,7 @@ log = logging.getLogger("pipeline")
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``caption report``."""
-    parser.add_argument("output", type=Path, help="the dataset folder (a run's --output)")
+    parser.add_argument("output", type=path_or_uri, help="the dataset folder (a run's --output)")
     parser.add_argument(
         "-o", "--out", dest="report_file", type=Path, default=None, metavar="FILE",
         help="the HTML file to write (default: OUTPUT-report.html beside the dataset folder)",
@@ -66,6 +67,13 @@ def run_report(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.max_thumbnails < 0:
         print("caption report: --max-thumbnails must be >= 0", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(args.output, str):
+        print(
+            f"caption report: {args.output} is in object storage: not supported yet (copy the "
+            "part files to a local folder and report that)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     timings = Timings()
     t0 = time.perf_counter()
