@@ -94,6 +94,22 @@ def scan_parts(
     A part file that cannot be read stops the run: skipping it would redo its items and give
     their keys a second ``ok`` row once the file is readable again.
     """
+    for _attempt in range(SCAN_TRIES - 1):
+        try:
+            return _scan_parts(folder, include_invalid=include_invalid)
+        except FileNotFoundError:
+            # a shard running beside this run merged its parts and deleted them between the
+            # listing and the read: the merged file (written first) holds them; list again
+            continue
+    return _scan_parts(folder, include_invalid=include_invalid, vanished_ok=False)
+
+
+SCAN_TRIES = 5
+
+
+def _scan_parts(
+    folder: Where, *, include_invalid: bool, vanished_ok: bool = True
+) -> tuple[set[str], dict[Where, pa.Schema]]:
     parts: list[Where] = sorted(folder.glob(PART_GLOB))
     done: set[str] = set()
     schemas: dict[Where, pa.Schema] = {}
@@ -103,6 +119,13 @@ def scan_parts(
             pf = open_parquet(part)
             table = pf.read(columns=["key", "status", "image_sha256"])
             schemas[part] = pf.schema_arrow
+        except FileNotFoundError:
+            if vanished_ok:
+                raise
+            raise OutputError(
+                f"part file {part} keeps vanishing while it is read (is something deleting "
+                "files in the output folder?)"
+            ) from None
         except (OSError, ValueError) as exc:
             raise OutputError(
                 f"cannot read the part file {part} ({exc}); move it out of the output folder "
