@@ -7,6 +7,8 @@ by ``make test-ray``); skipped when Ray is not installed (the base install has n
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -269,3 +271,94 @@ def test_an_outage_past_max_outage_stops_with_75(tmp_path: Path) -> None:
         again = run_ray(job_for(sim, root, out))
         assert again.exit_code == 0 and sim.stats()["requests"] == n - len(saved)
     assert len(rows(out)) == n
+
+
+DRIVER = """
+import sys, anyio
+from pipeline.cli import build_parser, overrides_from
+from pipeline.config import load_job
+from pipeline.engines import make_runner
+url, root, out, prompt = sys.argv[1:5]
+args = build_parser().parse_args(["run", "--endpoint", url, "--model", "gemma3-27b", "--input",
+    root, "--output", out, "--prompt", prompt, "--no-progress", "--flush-interval", "0.5",
+    "--concurrency", "4"])
+job = load_job(args.job, overrides_from(args))
+async def go():
+    return await make_runner(job, api_key=None, engine="ray", handle_signals=True).run()
+sys.exit(anyio.run(go).exit_code)
+"""
+
+
+def _spawn(tmp_path: Path, sim: SimServer, root: Path, out: Path) -> subprocess.Popen[str]:
+    """A driver process as ``caption run --engine ray`` will be once cli.py wires it (its own
+    local Ray, started and shut down by the run)."""
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    return subprocess.Popen(
+        [sys.executable, str(script), sim.base_url, str(root), str(out), PROMPT],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _wait_for(sim: SimServer, completed: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
+    while sim.stats()["completed"] < completed:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigint_finishes_what_is_under_way_then_exits_130(tmp_path: Path) -> None:
+    """Ctrl-C: the actors send nothing new (at most one more round), what was answered is
+    saved, exit 130; the rerun does exactly the rest."""
+    n = 60
+    root = make_images(tmp_path / "img", n, size=(48, 32))[0].parent.parent
+    out = tmp_path / "out"
+    with SimServer(SimConfig(slots=4, latency=0.4)) as sim:
+        proc = _spawn(tmp_path, sim, root, out)
+        _wait_for(sim, 12, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert "SIGINT: finishing requests in flight" in err
+        saved = rows(out)
+        assert 12 <= len(saved) <= 12 + 2 * 2 * 4  # in flight + one more round, 2 actors
+        assert sim.stats()["completed"] == len(saved)
+        sim.reset_stats()
+        again = run_ray(job_for(sim, root, out, "--concurrency", "4"))
+        assert again.exit_code == 0 and sim.stats()["requests"] == n - len(saved)
+    assert len(rows(out)) == n
+
+
+@pytest.mark.slow
+def test_a_killed_driver_is_recovered_from_its_journal(tmp_path: Path) -> None:
+    """SIGKILL of the driver: the next run (here the local engine) turns the journal into
+    part files, as for a local run, and sends only what was never answered and saved."""
+    n = 60
+    root = make_images(tmp_path / "img", n, size=(48, 32))[0].parent.parent
+    out = tmp_path / "out"
+    with SimServer(SimConfig(slots=4, latency=0.2)) as sim:
+        proc = _spawn(tmp_path, sim, root, out)
+        _wait_for(sim, 20, proc)
+        time.sleep(0.3)  # some rows journaled, not yet in a part file
+        proc.kill()
+        proc.communicate(timeout=60)
+        # The orphaned local Ray (its actors) goes on for a moment until it sees its driver
+        # is gone: those answers are lost, as a killed run's requests in flight are.
+        quiet_since, seen = time.monotonic(), sim.stats()["requests"]
+        while time.monotonic() - quiet_since < 2.0:
+            time.sleep(0.1)
+            now = sim.stats()["requests"]
+            if now != seen:
+                quiet_since, seen = time.monotonic(), now
+        journaled = sum(
+            len(p.read_text().splitlines()) for p in out.glob("_caption_journal-*.jsonl")
+        )
+        sim.reset_stats()
+        result = run_local(job_for(sim, root, out))
+        assert result.exit_code == 0
+        keys = [r["key"] for r in rows(out)]
+        assert len(keys) == len(set(keys)) == n
+        assert sim.stats()["requests"] == n - result.tally.skipped
+        assert result.tally.skipped >= journaled  # the journal's rows count as done

@@ -71,6 +71,8 @@ DEFAULT_ACTORS = 2  # request actors (asyncio, mostly waiting on the server)
 ACTOR_CPUS = 0.0  # request actors reserve no CPU: they wait on the server (~1-3 ms of CPU per
 # request), and on a 2-core node a reserved quarter would leave room for one decoding task only
 PREPARE_BATCH = 4  # files per prepare call (a 12-MP JPEG costs ~0.1 s to decode and shrink)
+GATE = 2  # items an actor has under way, per request slot
+SWITCH_POLL_S = 0.25  # how often a request actor asks whether the run is stopping
 STOP_DRAIN_S = 5.0  # after an actor gives up, wait this long for the others' rows
 MAX_CALLS = 130  # concurrent calls of one request actor at most
 BLOCK_BYTES = 1 << 20  # Ray Data blocks between stages end at about this size
@@ -212,8 +214,12 @@ class RequestStage:
     """A request actor: the local request stage (``Requester`` with its routes, breakers and
     ``auto`` steering) on the event loop Ray runs for an async actor."""
 
-    def __init__(self, job: Job, api_key: str | None, run_id: str, plan: ActorPlan) -> None:
+    def __init__(
+        self, job: Job, api_key: str | None, run_id: str, plan: ActorPlan, switch: Any = None
+    ) -> None:
         self.job = job
+        self.switch = switch  # the driver's Switch actor: set when the run is being stopped
+        self.draining = False  # the run is stopping: send nothing new, finish what is sent
         self.api_key = api_key
         self.plan = plan
         self.make_row = RowMaker(job, run_id)
@@ -226,6 +232,10 @@ class RequestStage:
         self._steering: Steering | None = None
         self._started: asyncio.Lock | None = None
         self._halt: asyncio.Event | None = None  # set when the actor gives up
+        # Items this actor has started: twice its limit (the rest wait here, unsent), so a
+        # stopping run sends at most one more round, and a retry's backoff (which holds a
+        # place here, not a request slot) leaves the pool room.
+        self._gate: anyio.CapacityLimiter | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def _start(self) -> Requester:
@@ -247,6 +257,7 @@ class RequestStage:
             if plan.fixed is None:
                 auto = AutoConcurrency(maximum=plan.maximum, limit=plan.start)
             limiter = anyio.CapacityLimiter(auto.limit if auto else plan.maximum)
+            self._gate = anyio.CapacityLimiter(GATE * int(limiter.total_tokens))
             probe_client = httpx.AsyncClient(
                 timeout=5.0, headers=auth_headers(self.api_key), verify=tls_for(job.endpoint)
             )
@@ -280,10 +291,22 @@ class RequestStage:
             loops = [route.breaker.run() for route in self._routes]
             if self._steering is not None:
                 loops.append(self._steering.run())
+            if self.switch is not None:
+                loops.append(self._watch_switch())
             self._tasks = [asyncio.create_task(loop) for loop in loops]
             return self._requester
 
+    async def _watch_switch(self) -> None:
+        """Drain once the driver is stopping (Ctrl-C, a storage error...): as the local
+        runner's stop, nothing new is sent and what is under way finishes."""
+        while not self.draining:
+            await asyncio.sleep(SWITCH_POLL_S)
+            if await self.switch.get.remote():
+                self.draining = True
+
     def _on_limit(self, limit: int) -> None:
+        if self._gate is not None:
+            self._gate.total_tokens = GATE * limit
         self.limit = limit
         self.limit_max = max(self.limit_max, limit)
 
@@ -305,10 +328,17 @@ class RequestStage:
     def _throttle_give_up(self, throttled_s: float) -> None:
         self._stop(f"the server answered only 429 for {throttled_s:.0f}s (max_outage)")
 
+    async def _gated(self, requester: Requester, item: RequestItem) -> Row | None:
+        assert self._gate is not None
+        async with self._gate:
+            if self.stopped is not None or self.draining:
+                return None  # never sent: the next run does it
+            return await requester.caption(item)
+
     async def _one(self, requester: Requester, item: RequestItem) -> Row | None:
-        if self.stopped is not None or self._halt is None:
+        if self.stopped is not None or self.draining or self._halt is None:
             return None  # never sent: the next run does it
-        task = asyncio.ensure_future(requester.caption(item))
+        task = asyncio.ensure_future(self._gated(requester, item))
         halted = asyncio.ensure_future(self._halt.wait())
         await asyncio.wait({task, halted}, return_when=asyncio.FIRST_COMPLETED)
         halted.cancel()
@@ -319,6 +349,8 @@ class RequestStage:
             return None
         try:
             row = task.result()
+            if row is None:
+                return None
         except Exception as exc:  # a bug must not fail the Ray job: a failed row (redone)
             log.exception("request for %s failed", item.relpath)
             now = utc_now()
@@ -369,6 +401,20 @@ def merge_reports(reports: list[SteerReport]) -> SteerReport | None:
     return merged
 
 
+class Switch:
+    """A flag in a tiny Ray actor: the driver sets it when the run stops; request actors poll
+    it (the driver cannot reach into Ray Data's actors otherwise)."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+    def set(self) -> None:
+        self.on = True
+
+    def get(self) -> bool:
+        return self.on
+
+
 class RayRunner(Runner):
     """``Runner`` with its pipeline on Ray; lock, recovery, scan, collector, compaction and
     the run log are the local runner's."""
@@ -396,6 +442,13 @@ class RayRunner(Runner):
         self.address = address
         self.plan = ActorPlan.of(job, actors)
         self._stats: dict[str, tuple[int, int, SteerReport | None, int]] = {}
+        self._switch: Any = None  # a Switch actor, once the dataset is built
+
+    def stop(self, reason: str, code: int, grace: float) -> None:
+        """The local stop, and the request actors told to send nothing new."""
+        super().stop(reason, code, grace)
+        if self._switch is not None:
+            self._switch.set.remote()
 
     async def _pipeline(self, cache: HashCache, done: set[str], collector: Collector) -> None:
         import ray
@@ -456,6 +509,7 @@ class RayRunner(Runner):
         return files
 
     def _dataset(self, ray: Any, files: list[ImageFile], done: set[str]) -> Any:
+        self._switch = ray.remote(num_cpus=0)(Switch).remote()
         # a prepare call per block of PREPARE_BATCH files (small blocks keep every actor fed;
         # measured: blocks of 24 small files left one of two actors idle), fewer and larger
         # blocks for a huge input (the driver holds one Arrow table per block)
@@ -486,6 +540,7 @@ class RayRunner(Runner):
                     "api_key": self.api_key,
                     "run_id": self.run_id,
                     "plan": plan,
+                    "switch": self._switch,
                 },
                 batch_size=None,
                 batch_format="pyarrow",
