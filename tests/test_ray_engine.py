@@ -362,3 +362,18 @@ def test_a_killed_driver_is_recovered_from_its_journal(tmp_path: Path) -> None:
         assert len(keys) == len(set(keys)) == n
         assert sim.stats()["requests"] == n - result.tally.skipped
         assert result.tally.skipped >= journaled  # the journal's rows count as done
+
+
+def test_shards_mix_engines(sim: SimServer, images: list[Path], tmp_path: Path) -> None:
+    """--shard works on the Ray engine (the driver's walk takes the shard's images): shard 0
+    on Ray and shard 1 locally cover the job once; an unsharded rerun sends nothing."""
+    root, out = images[0].parent.parent, tmp_path / "out"
+    first = run_ray(job_for(sim, root, out, "--shard", "0/2"))
+    second = run_local(job_for(sim, root, out, "--shard", "1/2"))
+    assert first.exit_code == second.exit_code == 0
+    assert first.run_id.endswith("-s0of2") and 0 < first.tally.ok < len(images)
+    assert first.tally.ok + second.tally.ok == len(images)
+    assert all(p.name.startswith("part-") for p in out.glob("*.parquet"))
+    sim.reset_stats()
+    again = run_ray(job_for(sim, root, out))
+    assert sim.stats()["requests"] == 0 and again.tally.skipped == len(images)
