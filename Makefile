@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+RAY_STAMP := $(VENV)/.installed-ray
 
-.PHONY: venv chromium demo test lint typecheck bench bench-faults test-vllm vllm-up vllm-down bench-vllm clean
+.PHONY: venv chromium demo test test-ray bench-ray lint typecheck bench bench-faults test-vllm vllm-up vllm-down bench-vllm clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +15,22 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,ray]'
+	touch $(RAY_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python -m pipeline demo
 
 test: lint typecheck chromium
-	$(BIN)/python -m pytest -q -m "not vllm"
+	$(BIN)/python -m pytest -q -m "not vllm and not ray"
+
+# the Ray engine on a local Ray (installs caption[ray], ~900 MB, into .venv)
+test-ray: $(RAY_STAMP)
+	$(BIN)/python -m pytest -q -m ray
+
+bench-ray: $(RAY_STAMP)
+	$(BIN)/python bench/ray_engine.py
 
 # Debian's chromium for the report's browser tests (tests/test_report.py). Installed when
 # missing and this is root with apt-get (CI); otherwise those tests skip, saying why.

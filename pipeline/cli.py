@@ -23,6 +23,7 @@ import anyio
 from . import __version__
 from .client import resolve_api_key
 from .config import Job, Overrides, add_flags, load_job
+from .engines import DEFAULT_ENGINE, ENGINES, make_runner
 from .errors import (
     EXIT_IOERR,
     EXIT_OK,
@@ -37,7 +38,7 @@ from .errors import (
 from .logs import fields, setup_logging
 from .preflight import preflight
 from .progress import format_summary, wants_bar
-from .runner import Runner, RunResult
+from .runner import RunResult
 from .schema import skip_pandas_probe
 
 log = logging.getLogger("pipeline")
@@ -96,6 +97,20 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "tokens); send no chat request, write nothing",
     )
     p.add_argument("--api-key", nargs="?", action=_NoKeyFlag, help=argparse.SUPPRESS)
+    engine = p.add_argument_group("engine (flags only: the same job runs, and resumes, on both)")
+    engine.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=DEFAULT_ENGINE,
+        help="local: this process; ray: a Ray Data pipeline on a Ray cluster "
+        "(pip install 'caption[ray]') (default: local)",
+    )
+    engine.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="with --engine ray: the cluster to join (ray://head:10001, head:6379, auto); "
+        "default RAY_ADDRESS, else a local Ray",
+    )
     add_flags(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -152,8 +167,10 @@ def overrides_from(args: argparse.Namespace) -> Overrides:
     return Overrides.from_args(args)
 
 
-async def execute(job: Job) -> RunResult:
-    """Preflight, then the run."""
+async def execute(
+    job: Job, engine: str = DEFAULT_ENGINE, ray_address: str | None = None
+) -> RunResult:
+    """Preflight, then the run (on ``engine``)."""
     api_key = resolve_api_key(job.endpoint)
     info = await preflight(job, api_key)
     log.info(
@@ -161,7 +178,10 @@ async def execute(job: Job) -> RunResult:
         ", ".join(job.endpoint.urls), job.endpoint.model, info.max_model_len,
         job.input.manifest or job.input.root, job.run.output,
     )  # fmt: skip
-    return await Runner(job, api_key=api_key, handle_signals=True).run()
+    runner = make_runner(
+        job, api_key=api_key, engine=engine, ray_address=ray_address, handle_signals=True
+    )
+    return await runner.run()
 
 
 def _logs_around_the_bar(progress: bool) -> contextlib.AbstractContextManager[object]:
@@ -173,11 +193,11 @@ def _logs_around_the_bar(progress: bool) -> contextlib.AbstractContextManager[ob
     return logging_redirect_tqdm()
 
 
-def run_job(job: Job) -> int:
+def run_job(job: Job, engine: str = DEFAULT_ENGINE, ray_address: str | None = None) -> int:
     """Run ``job``, print the summary, return the exit code."""
     skip_pandas_probe()
     with _logs_around_the_bar(job.run.progress):
-        result = anyio.run(execute, job)
+        result = anyio.run(execute, job, engine, ray_address)
     t = result.tally
     print(format_summary(t, result.wall_s, f"{result.output} (run {result.run_id})"))
     level = logging.INFO if job.run.log_file or job.run.log_format == "json" else logging.DEBUG
@@ -279,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"cannot open the log file {job.run.log_file}: {exc}") from None
         if args.dry_run:
             return dry_run_job(job)
-        return run_job(job)
+        return run_job(job, args.engine, args.ray_address)
     except OutputBusyError as exc:
         print(f"caption: {exc}", file=sys.stderr)
         return EXIT_TEMPFAIL

@@ -33,18 +33,8 @@ ray = pytest.importorskip("ray")
 from pipeline.engines import make_runner  # noqa: E402
 from pipeline.engines.ray_engine import ActorPlan, RayRunner, merge_reports  # noqa: E402
 
-
-def _ray_marker() -> list[pytest.MarkDecorator]:
-    """``pytest.mark.ray`` once pyproject.toml registers the marker; until then none (under
-    ``--strict-markers`` an unregistered marker fails the whole module's collection)."""
-    try:
-        return [pytest.mark.ray]
-    except pytest.fail.Exception:
-        return []
-
-
 pytestmark = [
-    *_ray_marker(),
+    pytest.mark.ray,
     pytest.mark.timeout(300),
     # Ray's own deprecations (DataContext fields it sets itself), not ours
     pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*"),
@@ -377,3 +367,21 @@ def test_shards_mix_engines(sim: SimServer, images: list[Path], tmp_path: Path) 
     sim.reset_stats()
     again = run_ray(job_for(sim, root, out))
     assert sim.stats()["requests"] == 0 and again.tally.skipped == len(images)
+
+
+def test_cli_engine_flag_runs_on_ray_and_the_local_rerun_has_nothing_left(
+    tmp_path: Path, sim: SimServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`caption run --engine ray` (the flag, not only make_runner): a whole run on Ray, then
+    the same command on the local engine finds nothing to do."""
+    from pipeline.cli import main
+
+    root = tmp_path / "img"
+    make_images(root, 12, size=(32, 24))
+    args = ["run", "--endpoint", sim.base_url, "--input", str(root), "--output",
+            str(tmp_path / "out"), "--prompt", PROMPT, "--no-progress"]  # fmt: skip
+    assert main([*args, "--engine", "ray"]) == 0
+    assert sim.stats()["requests"] == 12
+    assert main([*args, "--engine", "local"]) == 0
+    assert sim.stats()["requests"] == 12
+    assert "0 ok" in capsys.readouterr().out.split("caption run summary")[-1]
