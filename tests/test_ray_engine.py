@@ -385,3 +385,38 @@ def test_cli_engine_flag_runs_on_ray_and_the_local_rerun_has_nothing_left(
     assert main([*args, "--engine", "local"]) == 0
     assert sim.stats()["requests"] == 12
     assert "0 ok" in capsys.readouterr().out.split("caption run summary")[-1]
+
+
+def test_object_store_input_on_ray(
+    tmp_path: Path, sim: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--input s3://... on the Ray engine (a real moto_server on loopback): the driver lists
+    the bucket, the Ray workers read the objects; a local rerun finds nothing to do."""
+    from s3server import moto_server
+
+    from pipeline.cli import main
+
+    root = tmp_path / "img"
+    paths = make_images(root, 8, size=(32, 24))
+    with moto_server(tmp_path / "moto.log") as s3:
+        for name, value in s3.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        bucket = s3.new_bucket()
+        fs = s3.fs()
+        for p in paths:
+            with fs.open_output_stream(f"{bucket}/in/{p.relative_to(root).as_posix()}") as fh:
+                fh.write(p.read_bytes())
+        args = ["run", "--endpoint", sim.base_url, "--input", f"s3://{bucket}/in", "--output",
+                str(tmp_path / "out"), "--prompt", PROMPT, "--no-progress"]  # fmt: skip
+        assert main([*args, "--engine", "ray"]) == 0
+        assert sim.stats()["requests"] == 8
+        rows = ds.dataset(tmp_path / "out", format="parquet").to_table().to_pylist()
+        assert sorted(r["image_path"] for r in rows) == sorted(
+            p.relative_to(root).as_posix() for p in paths
+        )
+        assert {r["status"] for r in rows} == {"ok"}
+        for r in rows:  # each row got its own image's caption
+            assert sent_marker(root / str(r["image_path"])) in str(r["caption"])
+        assert main([*args, "--engine", "local"]) == 0
+        assert sim.stats()["requests"] == 8

@@ -46,6 +46,7 @@ import anyio
 import httpx
 import pyarrow as pa
 from anyio.streams.memory import MemoryObjectSendStream
+from pyarrow.fs import FileSystem
 
 from ..adaptive import AutoConcurrency
 from ..breaker import Breaker, health_url, http_probe
@@ -54,7 +55,7 @@ from ..collector import Collector
 from ..config import Job
 from ..encode import encode_image
 from ..errors import EXIT_TEMPFAIL, ConfigError, InvalidImageError
-from ..feed import Feed, ItemKeys, read_file
+from ..feed import Feed, ItemKeys, input_fs, read_file
 from ..items import Pending, RequestItem, Row, RowMaker
 from ..requester import Requester, Route
 from ..retry import RetryPolicy
@@ -126,11 +127,12 @@ def prepare_batch(batch: pa.Table, *, job: Job, run_id: str, done: Any) -> pa.Ta
     keys = ItemKeys(job)
     make_row = RowMaker(job, run_id)
     done_keys = _done_keys(done)
+    fs = None if job.input.manifest is not None else input_fs(job.input.root)  # a URI input
     out: list[tuple[str, bytes]] = []
     for blob in batch.column("file").to_pylist():
         f: ImageFile = pickle.loads(blob)
         try:
-            out += prepare_file(f, job, keys, done_keys, make_row)
+            out += prepare_file(f, job, keys, done_keys, make_row, fs)
         except Exception as exc:  # never fail the Ray job for one file: an invalid row
             log.exception("preparing %s failed", f.relpath)
             why = f"cannot prepare the image: {type(exc).__name__}: {exc}"
@@ -139,16 +141,22 @@ def prepare_batch(batch: pa.Table, *, job: Job, run_id: str, done: Any) -> pa.Ta
 
 
 def prepare_file(
-    f: ImageFile, job: Job, keys: ItemKeys, done: set[str], make_row: RowMaker
+    f: ImageFile,
+    job: Job,
+    keys: ItemKeys,
+    done: set[str],
+    make_row: RowMaker,
+    fs: FileSystem | None = None,
 ) -> list[tuple[str, bytes]]:
-    """The records of one file, as the local feed makes them."""
+    """The records of one file, as the local feed makes them (``fs``: the object store of a
+    URI input; each worker resolves it from its own environment)."""
     try:
         if f.error is not None:
             raise InvalidImageError(f.error)
         if f.data is not None:
             raw, sha = f.data, hashlib.sha256(f.data).hexdigest()
         else:
-            raw, sha = read_file(f.full)
+            raw, sha = read_file(f.full, fs)
     except InvalidImageError as exc:  # unreadable: its bytes are unknown
         return _invalid(make_row, f, None, keys.pending(f, ""), str(exc))
     todo = keys.pending(f, sha, done)
@@ -433,11 +441,6 @@ class RayRunner(Runner):
                 "--limit is not supported with --engine ray (items are sent from many workers "
                 "at once); use the local engine for a first look"
             )
-        if isinstance(job.input.root, str) and job.input.manifest is None:
-            raise ConfigError(
-                "--engine ray reads local paths (visible on every node) or a manifest; an "
-                "object-store --input is not supported by it yet"
-            )
         super().__init__(job, api_key=api_key, handle_signals=handle_signals)
         self.address = address
         self.plan = ActorPlan.of(job, actors)
@@ -449,6 +452,13 @@ class RayRunner(Runner):
         super().stop(reason, code, grace)
         if self._switch is not None:
             self._switch.set.remote()
+
+    def _reader_env(self) -> dict[str, Any]:
+        """For an object-store input, the reading tasks get this process's AWS_* settings (the
+        endpoint, the keys): each worker resolves the input's file system from them."""
+        remote = isinstance(self.job.input.root, str) and self.job.input.manifest is None
+        aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        return {"runtime_env": {"env_vars": aws}} if remote and aws else {}
 
     async def _pipeline(self, cache: HashCache, done: set[str], collector: Collector) -> None:
         import ray
@@ -532,6 +542,7 @@ class RayRunner(Runner):
                 batch_size=PREPARE_BATCH,
                 batch_format="pyarrow",
                 num_cpus=1,
+                **self._reader_env(),
             )
             .map_batches(
                 RequestStage,
