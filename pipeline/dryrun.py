@@ -26,13 +26,13 @@ import anyio
 import httpx
 from pyarrow.fs import FileSystem
 
-from .client import auth_headers, server_message, tls_for
+from .client import auth_headers, tls_for
 from .config import Job
 from .encode import encode_image
 from .errors import ConfigError, InvalidImageError
 from .feed import ItemKeys, input_fs, manifest_files, read_file
 from .payload import build_body
-from .preflight import check_models
+from .preflight import preflight
 from .shards import parse_shard
 from .state import HASHES_NAME, HashCache, load_done_keys
 from .storage import output_place, state_folder
@@ -241,32 +241,8 @@ def _estimate(body: dict[str, Any]) -> int:
     return total
 
 
-async def models_check(job: Job, api_key: str | None) -> None:
-    """The preflight's ``/models`` check, without its structured-output probe (a chat
-    request)."""
-    async with httpx.AsyncClient(
-        timeout=httpx.Timeout(30.0, connect=job.endpoint.connect_timeout),
-        headers=auth_headers(api_key),
-        verify=tls_for(job.endpoint),
-    ) as client:
-        for base in job.endpoint.urls:
-            try:
-                response = await client.get(base + "/models")
-            except httpx.TransportError as exc:
-                raise ConfigError(
-                    f"cannot reach the endpoint {base} ({type(exc).__name__}: {exc}); "
-                    "is the vLLM server running and is the URL right?"
-                ) from None
-            try:
-                payload: object = response.json()
-            except ValueError:
-                payload = None
-            reason = server_message(response) if response.status_code != 200 else "OK"
-            check_models(job, response.status_code, payload, reason, base)
-
-
 async def dry_run(job: Job, api_key: str | None) -> DryRun:
-    await models_check(job, api_key)
+    await preflight(job, api_key, probe_schemas=False)  # its schema probe is a chat request
     report = await anyio.to_thread.run_sync(survey, job)
     await count_tokens(job, report, api_key)
     return report

@@ -88,16 +88,29 @@ def check_models(
 
 
 async def preflight(
-    job: Job, api_key: str | None, transport: httpx.AsyncBaseTransport | None = None
+    job: Job,
+    api_key: str | None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    *,
+    probe_schemas: bool = True,
 ) -> ServerInfo:
-    """Query every endpoint's ``/models`` and check the job against each."""
-    infos = [await _preflight_one(job, url, api_key, transport) for url in job.endpoint.urls]
+    """Query every endpoint's ``/models`` and check the job against each; with
+    ``probe_schemas`` also try each schema'd prompt (a chat request: ``--dry-run`` sends
+    none)."""
+    infos = [
+        await _preflight_one(job, url, api_key, transport, probe_schemas)
+        for url in job.endpoint.urls
+    ]
     lens = [i.max_model_len for i in infos if i.max_model_len is not None]
     return ServerInfo(infos[0].models, min(lens) if lens else None)
 
 
 async def _preflight_one(
-    job: Job, base: str, api_key: str | None, transport: httpx.AsyncBaseTransport | None
+    job: Job,
+    base: str,
+    api_key: str | None,
+    transport: httpx.AsyncBaseTransport | None,
+    probe_schemas: bool,
 ) -> ServerInfo:
     headers = auth_headers(api_key)
     url = base + "/models"
@@ -124,7 +137,7 @@ async def _preflight_one(
             job, response.status_code, payload, reason, base, key_sent=bool(api_key)
         )
         for prompt in job.prompts:
-            if prompt.schema is not None:
+            if probe_schemas and prompt.schema is not None:
                 await _probe_schema(client, base, job.endpoint.model, prompt)
     return info
 
