@@ -31,7 +31,7 @@ from PIL import Image
 from pipeline.cli import main
 from pipeline.report import add_report_arguments, build_report, default_dest, run_report
 from pipeline.report import data as d
-from pipeline.report.html import collect, json_for_script
+from pipeline.report.html import ThumbnailOptions, collect, json_for_script
 from pipeline.report.thumbs import EMBEDDED, NO_FILE, thumbnail
 from pipeline.results import RUNS_NAME, current, read_rows, read_runs
 from pipeline.schema import rows_to_table, schema_with_job
@@ -290,7 +290,7 @@ class TestFile:
         args = parser.parse_args([str(real), "-o", str(dest), "--no-thumbnails"])
         assert run_report(args) == 0
         assert dest.is_file() and str(dest) in capsys.readouterr().out
-        page, thumbs = collect(real, thumbnails=False)
+        page, thumbs = collect(real, ThumbnailOptions(enabled=False))
         assert thumbs == [] and page["thumbs"]["made"] == 0
         missing = parser.parse_args([str(tmp_path / "nothing")])
         assert run_report(missing) == 2
@@ -300,9 +300,9 @@ class TestFile:
         """--images points at the images' new folder."""
         moved = tmp_path / "moved"
         shutil.copytree(real.parent / "images", moved)
-        page, thumbs = collect(real, images=moved, max_thumbnails=4)
+        page, thumbs = collect(real, ThumbnailOptions(images=moved, limit=4))
         assert len(thumbs) == 4 and page["thumbs"]["missing"]["over --max-thumbnails"] >= 1
-        page, thumbs = collect(real, images=tmp_path / "nowhere")
+        page, thumbs = collect(real, ThumbnailOptions(images=tmp_path / "nowhere"))
         assert thumbs == [] and page["thumbs"]["missing"] == {NO_FILE: 12}
 
     def test_empty_dataset(self, tmp_path: Path) -> None:

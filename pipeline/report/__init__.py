@@ -24,10 +24,16 @@ from pathlib import Path
 
 from ..errors import EXIT_OK, EXIT_USAGE, OutputError
 from ..storage import path_or_uri
-from .html import MAX_THUMBNAILS, Timings, build_report, default_dest
+from .html import MAX_THUMBNAILS, ThumbnailOptions, Timings, build_report, default_dest
 from .thumbs import QUALITY, SIZE
 
-__all__ = ["add_report_arguments", "build_report", "default_dest", "run_report"]
+__all__ = [
+    "ThumbnailOptions",
+    "add_report_arguments",
+    "build_report",
+    "default_dest",
+    "run_report",
+]
 
 log = logging.getLogger("pipeline")
 
@@ -78,11 +84,11 @@ def run_report(args: argparse.Namespace) -> int:
     timings = Timings()
     t0 = time.perf_counter()
     try:
-        dest = build_report(
-            args.output, args.report_file, images=args.images,
-            thumbnails=not args.no_thumbnails, thumb_size=args.thumbnail_size,
-            thumb_quality=QUALITY, max_thumbnails=args.max_thumbnails, timings=timings,
+        thumbs = ThumbnailOptions(
+            enabled=not args.no_thumbnails, images=args.images, size=args.thumbnail_size,
+            quality=QUALITY, limit=args.max_thumbnails,
         )  # fmt: skip
+        dest = build_report(args.output, args.report_file, thumbs, timings=timings)
     except OutputError as exc:
         print(f"caption report: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -35,6 +34,7 @@ from .. import __version__
 from ..quality import FLAGS, with_flags
 from ..results import current, job_of, read_rows, read_runs
 from ..schema import STATUS_OK
+from ..sink import atomic_file
 from . import data as d
 from . import thumbs as t
 
@@ -79,6 +79,18 @@ def _sha256(script: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
 
 
+@dataclass(frozen=True, slots=True)
+class ThumbnailOptions:
+    """Which images of a report get a thumbnail, and how it is made."""
+
+    enabled: bool = True  # False: placeholders only (a smaller, faster report)
+    images: Path | None = None  # where the images are now, if they moved since the run
+    size: int = t.SIZE
+    quality: int = t.QUALITY
+    limit: int = MAX_THUMBNAILS  # distinct images with a thumbnail, at most
+    workers: int | None = None
+
+
 @dataclass
 class Timings:
     read_s: float = 0.0
@@ -91,13 +103,8 @@ class Timings:
 
 def collect(
     output: Path,
+    thumbs: ThumbnailOptions | None = None,
     *,
-    images: Path | None = None,
-    thumbnails: bool = True,
-    thumb_size: int = t.SIZE,
-    thumb_quality: int = t.QUALITY,
-    max_thumbnails: int = MAX_THUMBNAILS,
-    workers: int | None = None,
     timings: Timings | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """The page's data (JSON-ready) and its thumbnails (base64 JPEGs) for ``output``."""
@@ -134,10 +141,7 @@ def collect(
     timings.summarise_s = t2 - t1
 
     paths = cur["image_path"].to_pylist()
-    thumb_of, encoded, thumb_info = _thumbnails(
-        job, paths, images=images, enabled=thumbnails, size=thumb_size,
-        quality=thumb_quality, limit=max_thumbnails, workers=workers,
-    )  # fmt: skip
+    thumb_of, encoded, thumb_info = _thumbnails(job, paths, thumbs or ThumbnailOptions())
     timings.thumbnails_s = time.perf_counter() - t2
     timings.thumbnails = len(encoded)
 
@@ -182,17 +186,12 @@ def collect(
 
 
 def _thumbnails(
-    job: dict[str, Any] | None,
-    paths: list[str],
-    *,
-    images: Path | None,
-    enabled: bool,
-    size: int,
-    quality: int,
-    limit: int,
-    workers: int | None,
+    job: dict[str, Any] | None, paths: list[str], opts: ThumbnailOptions
 ) -> tuple[dict[str, int | str], list[str], dict[str, Any]]:
     """image_path -> thumbnail index or the reason for none; the thumbnails; what happened."""
+    images, enabled, size, quality, limit, workers = (
+        opts.images, opts.enabled, opts.size, opts.quality, opts.limit, opts.workers,
+    )  # fmt: skip
     distinct = list(dict.fromkeys(paths))
     info: dict[str, Any] = {"size": size, "quality": quality, "images": len(distinct)}
     if not enabled:
@@ -281,42 +280,25 @@ def default_dest(output: Path) -> Path:
 def build_report(
     output: Path,
     dest: Path | None = None,
+    thumbs: ThumbnailOptions | None = None,
     *,
-    images: Path | None = None,
-    thumbnails: bool = True,
-    thumb_size: int = t.SIZE,
-    thumb_quality: int = t.QUALITY,
-    max_thumbnails: int = MAX_THUMBNAILS,
-    workers: int | None = None,
     timings: Timings | None = None,
 ) -> Path:
     """Write the report of the dataset ``output`` to ``dest`` (default ``default_dest``),
     atomically (a reader never sees half a file); returns ``dest``.
 
-    ``images``: the folder the images are in now, if they moved since the run (else the job's
-    input root, or the manifest's paths). ``thumbnails=False``: placeholders only (a smaller,
-    faster report). ``max_thumbnails``: distinct images with a thumbnail, at most.
+    ``thumbs``: see ``ThumbnailOptions`` (its ``images`` default: the job's input root, or the
+    manifest's paths).
     Raises ``OutputError`` if ``output`` is not a readable dataset folder.
     """
     timings = timings if timings is not None else Timings()
     dest = dest or default_dest(output)
-    page, thumbs = collect(
-        output, images=images, thumbnails=thumbnails, thumb_size=thumb_size,
-        thumb_quality=thumb_quality, max_thumbnails=max_thumbnails, workers=workers,
-        timings=timings,
-    )  # fmt: skip
+    page, encoded = collect(output, thumbs, timings=timings)
     t0 = time.perf_counter()
-    text = render(page, thumbs).encode("utf-8")
+    text = render(page, encoded).encode("utf-8")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(dest) as f:
+        f.write(text)
     timings.render_s = time.perf_counter() - t0
     timings.bytes = len(text)
     return dest
