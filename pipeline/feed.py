@@ -21,7 +21,7 @@ from pathlib import Path
 
 import anyio
 from anyio.abc import ObjectSendStream
-from anyio.streams.memory import MemoryObjectReceiveStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pyarrow.fs import FileSystem
 
 from .config import Job
@@ -162,9 +162,12 @@ class Feed:
         self.make_row = make_row
         self.cpu = cpu
         self.keys = ItemKeys(job)
+        # Set once the walk must wait for the requests (or has ended): only then is a counting
+        # walk worth its cost; a rerun with little new work walks to the end unhindered.
+        self.held_back = anyio.Event()
         self.fs = None if job.input.manifest is not None else input_fs(job.input.root)
 
-    async def walk(self, tx: ObjectSendStream[ImageFile]) -> None:
+    async def walk(self, tx: MemoryObjectSendStream[ImageFile]) -> None:
         """List the tree in a thread, a batch at a time; files whose items are all done (by
         the hash cache) are counted and dropped there, never reaching the event loop."""
         inp = self.job.input
@@ -200,8 +203,15 @@ class Feed:
                 self.tally.images += seen
                 self.tally.skipped += skipped
                 for entry in todo:
+                    if not self.held_back.is_set():
+                        try:
+                            tx.send_nowait(entry)
+                            continue
+                        except anyio.WouldBlock:  # the requests hold the walk back from now on
+                            self.held_back.set()
                     await tx.send(entry)
         self.tally.walk_done = True
+        self.held_back.set()  # (wakes a counting walk that waited for it: nothing to count)
 
     def files(self) -> Iterator[ImageFile]:
         """The input's files (a folder walk or a manifest's rows), only this run's shard's."""

@@ -354,7 +354,12 @@ class Runner:
     async def _count(self, feed: Feed) -> None:
         """Learn the size of the whole input by a walk of its own, so the progress total (and
         its ETA) is known long before the feeding walk, which runs only a little ahead of the
-        requests, gets to the end."""
+        requests, gets to the end. Started only once the requests hold the feeding walk back:
+        until then that walk is itself the quickest count (a rerun with nothing new to do
+        never pays for a second walk)."""
+        await feed.held_back.wait()
+        if self.tally.walk_done:
+            return
         stop = threading.Event()
         try:
             got = await anyio.to_thread.run_sync(feed.count, stop.is_set, abandon_on_cancel=True)
