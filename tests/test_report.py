@@ -296,6 +296,17 @@ class TestFile:
         assert run_report(missing) == 2
         assert "not a folder" in capsys.readouterr().err
 
+    def test_relative_report_path(
+        self, real: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+    ) -> None:
+        """`-o r.html` (relative) is written and its file:// address printed."""
+        parser = argparse.ArgumentParser()
+        add_report_arguments(parser)
+        monkeypatch.chdir(tmp_path)
+        assert run_report(parser.parse_args([str(real), "-o", "r.html", "--no-thumbnails"])) == 0
+        assert (tmp_path / "r.html").is_file()
+        assert (tmp_path / "r.html").as_uri() in capsys.readouterr().out
+
     def test_images_moved(self, real: Path, tmp_path: Path) -> None:
         """--images points at the images' new folder."""
         moved = tmp_path / "moved"

@@ -98,6 +98,6 @@ def run_report(args: argparse.Namespace) -> int:
     size = timings.bytes / 1e6
     print(
         f"report  {dest} ({size:.1f} MB, {timings.thumbnails:,} thumbnails, "
-        f"{time.perf_counter() - t0:.1f}s)\nopen it in a browser: {dest.as_uri()}"
+        f"{time.perf_counter() - t0:.1f}s)\nopen it in a browser: {dest.resolve().as_uri()}"
     )
     return EXIT_OK
