@@ -510,13 +510,13 @@ def output_place(output: Path | str) -> Where:
 
 def state_folder(output: Path | str, state_dir: Path | None) -> Path:
     """Where the lock, journal, hash cache and run log of ``output`` live: the output folder
-    itself when it is local (unless ``state_dir`` is given), else ``state_dir`` or the folder
-    ``state_dir_for`` derives."""
+    itself when it is local (always: a lock kept elsewhere would not stop a second run that
+    keeps it in the folder), else ``state_dir`` or the folder ``state_dir_for`` derives."""
+    if not (isinstance(output, str) and is_uri(output)):
+        return Path(output)
     if state_dir is not None:
         return Path(state_dir)
-    if isinstance(output, str) and is_uri(output):
-        return state_dir_for(resolve(output))
-    return Path(output)
+    return state_dir_for(resolve(output))
 
 
 def etag_number(etag: str) -> int:

@@ -152,6 +152,22 @@ class TestStatus:
         assert (p.ok, p.failed, p.pending) == (24, 0, 0)
         assert [r.exit_code for r in read_runs(out)] == [1, 0]
 
+    def test_state_dir_does_not_move_a_local_outputs_lock(
+        self, sim: SimServer, images: list[Path], tmp_path: Path
+    ) -> None:
+        """--state-dir is for URI outputs: a local output keeps its lock (and run log) in
+        itself, so a run given another state folder still meets the running one (exit 75)."""
+        out = tmp_path / "out"
+        out.mkdir()
+        held = OutputLock(out)
+        held.acquire("20990101T000000Z-abcdef")
+        try:
+            code = run_cli(sim, images[0].parents[1], out, "--state-dir", str(tmp_path / "st"))
+        finally:
+            held.release()
+        assert code == 75
+        assert not (tmp_path / "st").exists()
+
     def test_not_a_dataset(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         assert main(["status", str(tmp_path / "nope")]) == 2
         assert "not a folder" in capsys.readouterr().err

@@ -165,8 +165,8 @@ class RunConfig:
     state_dir: Path | None = setting(
         None,
         "--state-dir DIR",
-        "local folder for the lock, journal and hash cache (default: the output folder; for a "
-        "URI output a folder under ~/.cache/caption/state)",
+        "for a URI output: the local folder for its lock, journal and hash cache (default: a "
+        "folder under ~/.cache/caption/state); a local output keeps them in itself",
     )
     log_file: Path | None = setting(None, "--log-file FILE", "also append the log to FILE")
     log_format: str = setting(
