@@ -11,6 +11,7 @@ that cannot be parsed stops the run (``on_fatal``) with what was done so far sav
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import itertools
 import os
@@ -26,14 +27,15 @@ from pyarrow.fs import FileSystem
 
 from .config import Job
 from .encode import EncodedImage, encode_image
-from .errors import InvalidImageError
+from .errors import ConfigError, InvalidImageError
 from .items import Pending, RequestItem, Row, RowMaker
-from .manifest import ManifestError, count_rows, open_manifest, read_entries
+from .manifest import Entry, ManifestError, count_rows, open_manifest, read_entries
 from .payload import key_from, settings_digest
 from .progress import Tally
 from .schema import STATUS_INVALID, utc_now
 from .shards import parse_shard
 from .state import HashCache
+from .storage import ObjectStat, is_uri, read_bytes, resolve, stat_uri
 from .templates import MissingVariable, names, render, uses_variables
 from .walker import ImageFile, walk_images, walk_objects
 
@@ -62,6 +64,12 @@ def read_file(path: str | os.PathLike[str], fs: FileSystem | None = None) -> tup
     URI input), ``path`` is an object in that ``pyarrow.fs`` file system."""
     if fs is not None:
         return _read_object(fs, str(path))
+    if isinstance(path, str) and is_uri(path):  # a manifest row naming an object
+        try:
+            loc = resolve(path)
+        except ConfigError as exc:
+            raise InvalidImageError(str(exc)) from None
+        return _read_object(loc.fs, loc.path)
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -80,8 +88,6 @@ def read_file(path: str | os.PathLike[str], fs: FileSystem | None = None) -> tup
 
 
 def _read_object(fs: FileSystem, path: str) -> tuple[bytes, str]:
-    from .storage import read_bytes
-
     try:
         raw = read_bytes(fs, path)
     except FileNotFoundError:
@@ -93,11 +99,16 @@ def _read_object(fs: FileSystem, path: str) -> tuple[bytes, str]:
     return raw, hashlib.sha256(raw).hexdigest()
 
 
+def remote_input(job: Job) -> bool:
+    """Whether the job reads its images from object storage (a URI folder or manifest): reads
+    then wait on the network, so more of them overlap."""
+    inp = job.input
+    return isinstance(inp.manifest, str) or (inp.manifest is None and isinstance(inp.root, str))
+
+
 def input_fs(root: Path | str) -> FileSystem | None:
     """The ``pyarrow.fs`` file system of a URI input (None for a local folder)."""
     if isinstance(root, str):
-        from .storage import resolve
-
         return resolve(root).fs
     return None
 
@@ -166,6 +177,7 @@ class Feed:
         # walk worth its cost; a rerun with little new work walks to the end unhindered.
         self.held_back = anyio.Event()
         self.fs = None if job.input.manifest is not None else input_fs(job.input.root)
+        self.remote = remote_input(job)
 
     async def walk(self, tx: MemoryObjectSendStream[ImageFile]) -> None:
         """List the tree in a thread, a batch at a time; files whose items are all done (by
@@ -320,7 +332,7 @@ class Feed:
                 # small JPEG. Big ones go one by one, so both encoder threads stay busy.
                 batch, size = [first], max(first.size, 0)
                 # objects: one per hop, so the reads of several threads overlap their waits
-                most = 1 if self.fs is not None else PREPARE_BATCH
+                most = 1 if self.remote or is_uri(first.full) else PREPARE_BATCH
                 while len(batch) < most and size < PREPARE_BATCH_BYTES:
                     try:
                         f = rx.receive_nowait()
@@ -382,24 +394,69 @@ class Feed:
             await rows.send(row)
 
 
-def manifest_files(path: Path, keep: tuple[str, ...], used: set[str]) -> Iterator[ImageFile]:
+def manifest_files(path: Path | str, keep: tuple[str, ...], used: set[str]) -> Iterator[ImageFile]:
     """A manifest's rows as ``ImageFile`` records: a file it names is stat'ed here (missing:
     an ``error``); embedded bytes and row problems pass through. Raises ``ManifestError``
-    (with the line) when the manifest cannot be parsed on."""
-    for e in read_entries(open_manifest(path, keep, variables=used)):
-        variables, kept = e.variables, e.keep or None
-        if e.error is not None or e.data is not None or e.path is None:
-            error = e.error or (None if e.data is not None else f"line {e.line}: no image")
-            size = len(e.data) if e.data is not None else -1
-            yield ImageFile("", e.identity, size, 0, data=e.data, variables=variables,
-                            keep=kept, error=error)  # fmt: skip
-            continue
-        try:
-            info = os.stat(e.path)
-        except OSError as exc:
-            why = "file not found" if isinstance(exc, FileNotFoundError) else exc.strerror
-            yield ImageFile(e.path, e.identity, -1, 0, variables=variables, keep=kept,
-                            error=f"{why}: {e.path} (manifest line {e.line})")  # fmt: skip
-            continue
-        yield ImageFile(e.path, e.identity, info.st_size, info.st_mtime_ns, info.st_ctime_ns,
-                        info.st_ino, variables=variables, keep=kept)  # fmt: skip
+    (with the line) when the manifest cannot be parsed on, after the rows before it.
+
+    Objects (URIs) are stat'ed ``STAT_THREADS`` at a time, a chunk of rows at once: one HEAD
+    request each, so a million-row manifest in object storage is not a million round trips
+    one after another."""
+    entries = read_entries(open_manifest(path, keep, variables=used))
+    with concurrent.futures.ThreadPoolExecutor(STAT_THREADS, "caption-stat") as pool:
+        while True:
+            chunk: list[Entry] = []
+            broken: ManifestError | None = None
+            try:
+                for e in entries:
+                    chunk.append(e)
+                    if len(chunk) >= STAT_CHUNK:
+                        break
+            except ManifestError as exc:
+                broken = exc
+            uris = [e.path for e in chunk if e.error is None and e.data is None and e.path
+                    and is_uri(e.path)]  # fmt: skip
+            stats = dict(zip(uris, pool.map(_stat_object, uris), strict=True)) if uris else {}
+            for e in chunk:
+                yield _manifest_file(e, stats.get(e.path or ""))
+            if broken is not None:
+                raise broken
+            if len(chunk) < STAT_CHUNK:
+                return
+
+
+STAT_THREADS = 16  # HEAD requests in flight for the objects a manifest names
+STAT_CHUNK = 256  # manifest rows read ahead to stat their objects together
+
+
+def _stat_object(uri: str) -> ObjectStat | str:
+    """The object's stat, or why it cannot be read (a row error)."""
+    try:
+        return stat_uri(uri)
+    except FileNotFoundError:
+        return "object not found"
+    except (OSError, ConfigError) as exc:
+        return str(exc)
+
+
+def _manifest_file(e: Entry, stat: ObjectStat | str | None) -> ImageFile:
+    variables, kept = e.variables, e.keep or None
+    if e.error is not None or e.data is not None or e.path is None:
+        error = e.error or (None if e.data is not None else f"line {e.line}: no image")
+        size = len(e.data) if e.data is not None else -1
+        return ImageFile("", e.identity, size, 0, data=e.data, variables=variables, keep=kept,
+                         error=error)  # fmt: skip
+    if isinstance(stat, str):
+        return ImageFile(e.path, e.identity, -1, 0, variables=variables, keep=kept,
+                         error=f"{stat}: {e.path} (manifest line {e.line})")  # fmt: skip
+    if stat is not None:
+        return ImageFile(e.path, e.identity, stat.size, stat.mtime_ns, 0, stat.version,
+                         variables=variables, keep=kept)  # fmt: skip
+    try:
+        info = os.stat(e.path)
+    except OSError as exc:
+        why = "file not found" if isinstance(exc, FileNotFoundError) else exc.strerror
+        return ImageFile(e.path, e.identity, -1, 0, variables=variables, keep=kept,
+                         error=f"{why}: {e.path} (manifest line {e.line})")  # fmt: skip
+    return ImageFile(e.path, e.identity, info.st_size, info.st_mtime_ns, info.st_ctime_ns,
+                     info.st_ino, variables=variables, keep=kept)  # fmt: skip

@@ -47,7 +47,7 @@ from .errors import (
     OutputError,
     StorageError,
 )
-from .feed import Feed
+from .feed import Feed, remote_input
 from .items import RequestItem, Row, RowMaker
 from .journal import Journal
 from .journal import recover as recover_journal
@@ -125,7 +125,7 @@ class Runner:
             retry_after_max=r.retry_after_max,
         )
         self.encoders = max(2, os.cpu_count() or 2)
-        if isinstance(job.input.root, str) and job.input.manifest is None:
+        if remote_input(job):
             self.encoders = max(self.encoders, REMOTE_READERS)  # reads wait on the network
         self.stop_reason: str | None = None
         self.stop_code: int | None = None

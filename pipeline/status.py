@@ -119,7 +119,9 @@ def _count_pending(status: Status, inp: dict[str, Any], names: list[str], latest
     if inp.get("manifest"):
         from .manifest import open_manifest, read_entries
 
-        identities = (e.identity for e in read_entries(open_manifest(Path(inp["manifest"]), ())))
+        identities = (
+            e.identity for e in read_entries(open_manifest(path_or_uri(inp["manifest"]), ()))
+        )
     else:
         given = inp.get("root") or "."
         root: Path | str = given if is_uri(given) else Path(given)

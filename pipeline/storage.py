@@ -29,8 +29,10 @@ rename).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import os
+import posixpath
 import re
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -121,7 +123,10 @@ def _s3_options(query: dict[str, str]) -> S3Options:
     )
 
 
+@functools.lru_cache(maxsize=16)
 def _s3_filesystem(opts: S3Options) -> pafs.S3FileSystem:
+    """One file system per endpoint and keys (a manifest naming a million objects resolves each
+    of them: making the file system is the costly part of ``resolve``)."""
     kwargs: dict[str, Any] = {"allow_bucket_creation": opts.allow_bucket_creation}
     if opts.endpoint_url is not None:
         parts = urllib.parse.urlsplit(opts.endpoint_url)
@@ -221,8 +226,10 @@ def _botocore_available() -> bool:
     return importlib.util.find_spec("botocore") is not None
 
 
+@functools.lru_cache(maxsize=16)
 def s3_client(opts: S3Options) -> Any:
-    """A botocore S3 client for ``opts`` (same endpoint, region and keys as pyarrow's)."""
+    """A botocore S3 client for ``opts`` (same endpoint, region and keys as pyarrow's); one per
+    ``opts``, shared by threads (botocore clients are thread-safe)."""
     import botocore.config  # type: ignore[import-untyped,import-not-found,unused-ignore]
     import botocore.session  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
@@ -318,6 +325,52 @@ def exists(loc: Location) -> bool:
     except (OSError, pa.ArrowException) as exc:
         raise OutputError(f"cannot reach {loc.uri}: {exc}") from None
     return bool(info.type != pafs.FileType.NotFound)
+
+
+def uri_beside(uri: str, relative: str) -> str:
+    """The URI of ``relative`` (a ``/``-separated path) in the folder of the object ``uri``,
+    with ``uri``'s query (its endpoint options): how a manifest in object storage names the
+    images it lists relative to itself."""
+    parts = urllib.parse.urlsplit(uri)
+    folder = parts.path.rsplit("/", 1)[0]
+    path = posixpath.normpath(f"{folder}/{relative}")
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+class ObjectStat(NamedTuple):
+    """What the hash cache keys an object by: size, modification time, and a number that
+    changes with the content (the ETag's, for S3 through botocore; else 0)."""
+
+    size: int
+    mtime_ns: int
+    version: int
+
+
+def stat_uri(uri: str) -> ObjectStat:
+    """Size and times of the object ``uri`` (one HEAD request). ``FileNotFoundError`` when it
+    does not exist, ``OSError`` when it cannot be reached, ``ConfigError`` for a bad URI."""
+    loc = resolve(uri)
+    if loc.s3 is not None and _botocore_available():
+        bucket, _, key = loc.path.partition("/")
+        try:
+            head = s3_client(loc.s3).head_object(Bucket=bucket, Key=key)
+        except Exception as exc:  # botocore's errors share no base class with OSError
+            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(uri) from None
+            raise OSError(f"cannot reach {loc.uri}: {exc}") from None
+        etag = str(head.get("ETag", "")).strip('"')
+        return ObjectStat(int(head.get("ContentLength", 0)), _ns(head.get("LastModified")),
+                          etag_number(etag))  # fmt: skip
+    try:
+        info = loc.fs.get_file_info(loc.path)
+    except (OSError, pa.ArrowException) as exc:
+        raise OSError(f"cannot reach {loc.uri}: {exc}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(uri)
+    if info.type != pafs.FileType.File:
+        raise OSError(f"{loc.uri} is not an object")
+    return ObjectStat(info.size or 0, info.mtime_ns or 0, 0)
 
 
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:

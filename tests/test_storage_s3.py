@@ -370,3 +370,135 @@ def test_unusable_input_uri_is_a_config_error(s3: S3Server, tmp_path: Path) -> N
     ):
         with pytest.raises(ConfigError, match=why):
             load_job(None, Overrides(input=uri, output=str(tmp_path / "o"), prompt="hi"))
+
+
+# --- manifests in the bucket (and local manifests naming objects) ------------------------------
+
+
+def _rows_at(folder: Path) -> dict[str, tuple[str, str | None]]:
+    table = ds.dataset(folder, format="parquet").to_table()
+    return {
+        r["image_path"]: (r["status"], r["error"])
+        for r in table.select(["image_path", "status", "error"]).to_pylist()
+    }
+
+
+@pytest.mark.slow
+def test_csv_manifest_in_the_bucket(s3: S3Server, sim: SimServer, tmp_path: Path) -> None:
+    """A CSV manifest read from the bucket: relative paths are objects beside it, ``s3://`` URIs
+    are read as written, a missing object and a local path are invalid rows; the rerun stats
+    the objects (HEAD), reads none and sends nothing; status and the dry run read it too."""
+    bucket = s3.new_bucket()
+    paths = make_images(tmp_path / "imgs", 6)
+    _upload(s3, tmp_path / "imgs", bucket, "data/imgs")
+    other = f"s3://{bucket}/elsewhere/z.jpg"
+    _put(s3, bucket, {"elsewhere/z.jpg": paths[0].read_bytes()})
+    lines = ["image,topic"]
+    lines += [f"imgs/{p.relative_to(tmp_path / 'imgs').as_posix()},t{i}" for i, p in enumerate(paths)]
+    lines += [f"{other},z", "imgs/missing.jpg,m", "/etc/local.jpg,l", "../data/imgs/a/img0000.jpg,u"]
+    _put(s3, bucket, {"data/list.csv": ("\n".join(lines) + "\n").encode()})
+    out = tmp_path / "out"
+    args = [
+        "run", "--endpoint", sim.base_url, "--manifest", f"s3://{bucket}/data/list.csv",
+        "--prompt", "about $topic", "--output", str(out), "--no-progress",
+    ]  # fmt: skip
+    first = _caption(s3, tmp_path, *args)
+    assert isinstance(first, subprocess.CompletedProcess)
+    assert first.returncode == 0, first.stderr  # invalid rows do not fail the run
+    got = _rows_at(out)
+    assert len(got) == 10
+    assert {k for k, v in got.items() if v[0] == "ok"} == {
+        *(f"imgs/{p.relative_to(tmp_path / 'imgs').as_posix()}" for p in paths),
+        other,
+        "../data/imgs/a/img0000.jpg",  # identity as written (normalised), object beside it
+    }
+    assert got["imgs/missing.jpg"][0] == "invalid"
+    assert "object not found" in str(got["imgs/missing.jpg"][1])
+    assert got["/etc/local.jpg"][0] == "invalid"
+    assert "is a local path" in str(got["/etc/local.jpg"][1])
+    requests = sim.stats()["requests"]
+
+    again = _caption(s3, tmp_path, *args)
+    assert isinstance(again, subprocess.CompletedProcess)
+    assert "8 already done" in again.stdout, again.stdout
+    assert sim.stats()["requests"] == requests  # nothing sent again
+
+    status = _caption(s3, tmp_path, "status", str(out), "--json")
+    assert isinstance(status, subprocess.CompletedProcess)
+    assert status.returncode == 0, status.stderr
+    counts = json.loads(status.stdout)["prompts"]["prompt"]
+    assert (counts["ok"], counts["pending"]) == (8, 0), counts
+
+    dry = _caption(s3, tmp_path, *args, "--dry-run")
+    assert isinstance(dry, subprocess.CompletedProcess)
+    assert dry.returncode == 0, dry.stderr
+    assert "8 already done" in dry.stdout, dry.stdout
+
+
+@pytest.mark.slow
+def test_parquet_manifest_in_the_bucket_with_embedded_images(
+    s3: S3Server, sim: SimServer, tmp_path: Path
+) -> None:
+    """A Hugging Face style Parquet file ({bytes, path} images) read from the bucket with
+    ranged reads; its rows are captioned into an output in the same bucket."""
+    import pyarrow.parquet as pq
+
+    bucket = s3.new_bucket()
+    paths = make_images(tmp_path / "imgs", 5)
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table(
+        {
+            "id": [f"r{i}" for i in range(5)],
+            "image": pa.array(
+                [{"bytes": p.read_bytes(), "path": p.name} for p in paths], type=image
+            ),
+        }
+    )
+    with s3.fs().open_output_stream(f"{bucket}/hf/train.parquet") as fh:
+        pq.write_table(table, fh)
+    args = [
+        "run", "--endpoint", sim.base_url, "--manifest", f"s3://{bucket}/hf/train.parquet",
+        "--prompt", "describe $id", "--output", f"s3://{bucket}/out", "--no-progress",
+    ]  # fmt: skip
+    done = _caption(s3, tmp_path, *args)
+    assert isinstance(done, subprocess.CompletedProcess)
+    assert done.returncode == 0, done.stderr
+    rows = _rows(s3, bucket)
+    assert sorted(rows.column("image_path").to_pylist()) == [f"r{i}" for i in range(5)]
+    assert set(rows.column("status").to_pylist()) == {"ok"}
+    again = _caption(s3, tmp_path, *args)
+    assert isinstance(again, subprocess.CompletedProcess)
+    assert "5 already done" in again.stdout, again.stdout
+
+
+def test_local_manifest_naming_objects(s3: S3Server, sim: SimServer, tmp_path: Path) -> None:
+    """A local JSONL manifest whose images are ``s3://`` URIs: they are read from the bucket."""
+    bucket = s3.new_bucket()
+    paths = make_images(tmp_path / "imgs", 3)
+    _put(s3, bucket, {f"p/{p.name}": p.read_bytes() for p in paths})
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"image": f"s3://{bucket}/p/{p.name}"}) + "\n" for p in paths)
+        + json.dumps({"image": f"s3://{bucket}/p/gone.jpg"})
+        + "\n"
+    )
+    out = tmp_path / "out"
+    args = [
+        "run", "--endpoint", sim.base_url, "--manifest", str(manifest), "--prompt", "hi",
+        "--output", str(out), "--no-progress",
+    ]  # fmt: skip
+    done = _caption(s3, tmp_path, *args)
+    assert isinstance(done, subprocess.CompletedProcess)
+    assert done.returncode == 0, done.stderr
+    got = _rows_at(out)
+    assert [got[f"s3://{bucket}/p/{p.name}"][0] for p in paths] == ["ok"] * 3
+    assert got[f"s3://{bucket}/p/gone.jpg"][0] == "invalid"
+
+
+def test_missing_manifest_uri_is_a_config_error(s3: S3Server, tmp_path: Path) -> None:
+    bucket = s3.new_bucket()
+    done = _caption(s3, tmp_path, "run", "--manifest", f"s3://{bucket}/nope.csv", "--prompt",
+                    "hi", "--output", str(tmp_path / "o"), "--no-progress")  # fmt: skip
+    assert isinstance(done, subprocess.CompletedProcess)
+    assert done.returncode == 2
+    assert f"manifest s3://{bucket}/nope.csv" in done.stderr and "no such object" in done.stderr

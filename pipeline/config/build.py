@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ConfigError, OutputError
 from ..schema import COLUMNS
 from ..shards import parse_shard
-from ..storage import is_uri
+from ..storage import is_uri, uri_beside
 from ..structured import check_schema, columns_of, merge_columns
 from ..templates import check_template
 from .settings import (
@@ -132,12 +132,9 @@ def _input(inp: Mapping[str, Any]) -> tuple[Any, Collection[str] | None]:
     if "manifest" in inp:
         from ..manifest import open_manifest  # only manifest jobs read one
 
-        if is_uri(inp["manifest"]):
-            raise ConfigError(
-                f"--manifest {inp['manifest']}: a manifest in object storage is not supported "
-                "yet; copy it to a local file (its images may be anywhere it names)"
-            )
-        inputs = _section("input", inp, root=Path(inp["manifest"]).parent)
+        given = inp["manifest"]
+        folder = uri_beside(given, ".") if is_uri(given) else Path(given).parent
+        inputs = _section("input", inp, root=folder)
         if len(set(inputs.keep)) != len(inputs.keep):
             raise ConfigError(f"[input] keep names a column twice: {list(inputs.keep)}")
         manifest = open_manifest(inputs.manifest, inputs.keep)

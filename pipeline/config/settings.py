@@ -86,8 +86,10 @@ class InputConfig:
     patterns: tuple[str, ...] = setting(
         DEFAULT_PATTERNS, "--pattern GLOB", "file-name glob, any case (repeatable)", dest="patterns"
     )
-    manifest: Path | None = setting(
-        None, "--manifest FILE", "CSV, JSONL or Parquet list of images (instead of --input)"
+    manifest: Path | str | None = setting(  # str: a URI, as for root
+        None,
+        "--manifest FILE",
+        "CSV, JSONL or Parquet list of images (instead of --input); or a URI",
     )
     keep: tuple[str, ...] = setting(
         (), "--keep COL", "manifest column copied into the output rows (repeatable)", dest="keep"

@@ -454,11 +454,11 @@ class RayRunner(Runner):
             self._switch.set.remote()
 
     def _reader_env(self) -> dict[str, Any]:
-        """For an object-store input, the reading tasks get this process's AWS_* settings (the
-        endpoint, the keys): each worker resolves the input's file system from them."""
-        remote = isinstance(self.job.input.root, str) and self.job.input.manifest is None
+        """The reading tasks get this process's AWS_* settings (the endpoint, the keys): a
+        worker resolves an object-store input's file system, or the objects a manifest names,
+        from them."""
         aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-        return {"runtime_env": {"env_vars": aws}} if remote and aws else {}
+        return {"runtime_env": {"env_vars": aws}} if aws else {}
 
     async def _pipeline(self, cache: HashCache, done: set[str], collector: Collector) -> None:
         import ray

@@ -40,7 +40,16 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..errors import ConfigError
-from .common import MAX_LINE, Entry, Manifest, ManifestError, _check_columns, _open, text_of
+from .common import (
+    MAX_LINE,
+    Entry,
+    Manifest,
+    ManifestError,
+    _check_columns,
+    _open,
+    manifest_suffix,
+    text_of,
+)
 from .csvfile import _csv_entries, _csv_records
 from .jsonl import INFER_LINES, _jsonl_entries, _sample_jsonl
 from .parquetfile import (
@@ -77,19 +86,22 @@ FORMATS = {
 
 
 def open_manifest(
-    path: Path, keep: tuple[str, ...] = (), *, variables: Collection[str] | None = None
+    path: Path | str, keep: tuple[str, ...] = (), *, variables: Collection[str] | None = None
 ) -> Manifest:
-    """Check the manifest at ``path`` (its type from the extension) and read its header, schema
+    """Check the manifest at ``path`` (a local path, or a URI: ``storage.is_uri``; its type
+    from the extension) and read its header, schema
     or first ``INFER_LINES`` lines. ``variables`` limits which columns become prompt variables
     (and which Parquet columns are read). Raises ``ManifestError`` if it cannot be parsed,
     ``ConfigError`` for an unsupported extension or a ``keep`` column it does not have."""
-    fmt = FORMATS.get(path.suffix.lower())
+    suffix = manifest_suffix(path)
+    fmt = FORMATS.get(suffix)
     if fmt is None:
         raise ConfigError(
-            f"manifest {path}: unsupported file type {path.suffix or '(no extension)'!r}; "
+            f"manifest {path}: unsupported file type {suffix or '(no extension)'!r}; "
             f"use one of {', '.join(FORMATS)}"
         )
-    path = Path(os.path.abspath(os.path.expanduser(path)))
+    if not isinstance(path, str):
+        path = Path(os.path.abspath(os.path.expanduser(path)))
     keep = tuple(dict.fromkeys(keep))
     wanted = None if variables is None else frozenset(variables)
     kind = "path"
@@ -123,24 +135,24 @@ def read_entries(manifest: Manifest) -> Iterator[Entry]:
     return read[manifest.format](manifest)
 
 
-def count_rows(path: Path) -> int | None:
+def count_rows(path: Path | str) -> int | None:
     """How many rows the manifest has, cheaply (Parquet: its footer; CSV: records; JSONL:
     non-blank lines), for the progress total; None when it cannot tell (the run itself then
     reports what is wrong with the file)."""
     import csv
+    import io
 
-    kind = FORMATS.get(path.suffix.lower())
+    kind = FORMATS.get(manifest_suffix(path))
     try:
         if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            return int(pq.ParquetFile(path).metadata.num_rows)
+            with _parquet(path) as pf:
+                return int(pf.metadata.num_rows)
         if kind == "csv":
-            with open(path, encoding="utf-8-sig", newline="") as fh:
+            with _open(path) as raw, io.TextIOWrapper(raw, "utf-8-sig", newline="") as fh:
                 return max(0, sum(1 for record in csv.reader(fh) if record) - 1)
         if kind == "jsonl":
-            with open(path, "rb") as fh:
+            with _open(path) as fh:
                 return sum(1 for line in fh if line.strip())
-    except (OSError, ValueError, csv.Error, pa.ArrowException):
+    except (OSError, ValueError, csv.Error, pa.ArrowException, ManifestError):
         return None
     return None

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from .common import Entry, Manifest, ManifestError, _bind, _lines, _open
+from .common import Entry, Manifest, ManifestError, _bind, _lines, _open, manifest_name
 
 
-def _csv_records(path: Path, f: IO[bytes]) -> Iterator[tuple[int, list[str]]]:
+def _csv_records(path: Path | str, f: IO[bytes]) -> Iterator[tuple[int, list[str]]]:
     """(line where it starts, fields) of each record; blank lines are skipped. Strict quoting:
     a lax reader would swallow the rest of the file after one stray quote."""
     reader = csv.reader(_lines(path, f), strict=True)
@@ -54,7 +54,7 @@ def _csv_entries(m: Manifest) -> Iterator[Entry]:
             if len(fields) != width:
                 error = f"manifest line {line}: {len(fields)} fields, the header has {width}"
                 keep = dict.fromkeys(m.keep)
-                yield Entry(f"{m.path.name}#{line}", line, None, None, {}, keep, error)
+                yield Entry(f"{manifest_name(m.path)}#{line}", line, None, None, {}, keep, error)
                 continue
             ident = None if id_at is None else fields[id_at]
             variables = {c: fields[i] for i, c in var_at if fields[i]}

@@ -24,7 +24,7 @@ INFER_LINES = 1000  # JSONL keep columns take their type from this many first re
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
-def _records(path: Path, f: IO[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
+def _records(path: Path | str, f: IO[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line, object) of each non-blank line."""
     for number, text in enumerate(_lines(path, f), 1):
         if not text or text.isspace():
@@ -45,7 +45,7 @@ _JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a num
 _JSON_KINDS |= {bool: "true/false", type(None): "null"}
 
 
-def _sample_jsonl(path: Path, keep: tuple[str, ...]) -> tuple[bool, dict[str, pa.DataType]]:
+def _sample_jsonl(path: Path | str, keep: tuple[str, ...]) -> tuple[bool, dict[str, pa.DataType]]:
     """Whether the first ``INFER_LINES`` records have an id, and each keep column's type."""
     seen: dict[str, list[Any]] = {name: [] for name in keep}
     keys: set[str] = set()

@@ -17,20 +17,25 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .common import Entry, Manifest, ManifestError, _bind, text_of
+from .common import Entry, Manifest, ManifestError, _bind, manifest_name, text_of
 
 BATCH_ROWS = 1024  # Parquet rows per batch when images are paths...
 BATCH_ROWS_BYTES = 16  # ...and when they are embedded (a batch then holds its images)
 
 
-def _parquet(path: Path) -> pq.ParquetFile:
+def _parquet(path: Path | str) -> pq.ParquetFile:
     try:
+        if isinstance(path, str):  # a URI: ranged reads (footer first, the columns needed)
+            from ..storage import resolve
+
+            loc = resolve(path)
+            return pq.ParquetFile(loc.path, filesystem=loc.fs)
         return pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:
         raise ManifestError(path, f"not a readable Parquet file: {exc}") from None
 
 
-def _image_kind(path: Path, t: pa.DataType) -> str:
+def _image_kind(path: Path | str, t: pa.DataType) -> str:
     t = _unwrap(t)
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return "path"
@@ -139,7 +144,7 @@ def _batch_entries(
         if not data:  # no bytes: the struct's path, if any, names a file
             yield entry(line, ids[i], where, variables, kept, None)
             continue
-        written = posixpath.normpath(where) if where else f"{m.path.name}#{line}"
+        written = posixpath.normpath(where) if where else f"{manifest_name(m.path)}#{line}"
         yield Entry(ids[i] or written, line, None, data, variables, kept, None)
 
 
