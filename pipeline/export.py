@@ -321,11 +321,6 @@ def export(
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     output = place(output)
-    if isinstance(output, RemotePath) and fmt not in SUFFIX:
-        raise ConfigError(
-            f"{output} is in object storage: {fmt} (which copies or names the images) is not "
-            f"supported there yet; use {', '.join(SUFFIX)}"
-        )
     if existing not in EXISTING:
         raise ConfigError(f"--existing must be one of {', '.join(EXISTING)}, got {existing!r}")
     if fmt in ("txt", "imagefolder") and status != "ok":
@@ -351,7 +346,6 @@ def export(
         if fmt in SUFFIX:
             result = _write_single(sel, fmt, output, target, existing)
         else:
-            assert isinstance(output, Path)  # refused above for object storage
             result = _write_files(sel, fmt, output, folder, prompt, existing)
     except OSError as exc:  # a folder that is a file, no permission, a full disk
         where = exc.filename or target or folder
@@ -365,7 +359,7 @@ def export(
 def _write_files(
     sel: Selection,
     fmt: str,
-    output: Path,
+    output: Where,
     folder: Path | None,
     prompt: str | None,
     existing: str,

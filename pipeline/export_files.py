@@ -4,8 +4,11 @@
 ``export`` selects the rows (one per image x prompt, with their quality flags) and hands them
 here. Finding an image: a walked folder's ``image_path`` is relative to the job's input root
 (absolute in the job; a relative one is looked up through the run log, the job file's folder
-and the working directory); a manifest's is its ``id`` or the path as written, so the manifest
-is read again (streaming, only ``image`` and ``id``) for each row's file or embedded bytes.
+and the working directory; a URI root: the object at root/image_path); a manifest's is its
+``id`` or the path as written, so the manifest (local or a URI) is read again (streaming, only
+``image`` and ``id``) for each row's file, object or embedded bytes. Images in object storage
+are downloaded into an imagefolder; their caption files need ``--to`` (nothing is written into
+the input's bucket).
 
 Every file is written to a hidden temp name and renamed into place: an interrupted export never
 leaves half a caption. ``--existing``: ``skip`` keeps a file that is there, ``overwrite``
@@ -30,6 +33,7 @@ from .errors import ConfigError
 from .manifest import ManifestError, open_manifest, read_entries
 from .results import read_runs
 from .sink import atomic_file
+from .storage import Where, is_uri, read_bytes, resolve, uri_child
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".avif"}
@@ -86,10 +90,12 @@ def one_line(caption: str) -> str:
 
 @dataclass(frozen=True)
 class Source:
-    """One image: its file, or its bytes embedded in the manifest."""
+    """One image: its file, an object in object storage (its URI), or its bytes embedded in
+    the manifest."""
 
     path: Path | None = None
     data: bytes | None = None
+    uri: str | None = None
 
 
 def _unprintable(path: str) -> str:
@@ -110,22 +116,22 @@ def _candidates(path: Path, recorded: Path | None, job: Mapping[str, Any]) -> li
     return list(dict.fromkeys(out))
 
 
-def _recorded_input(output: Path) -> Path | None:
-    """The absolute input (root or manifest) the newest run recorded in the run log."""
+def _recorded_input(output: Where) -> Path | None:
+    """The absolute local input (root or manifest) the newest run recorded in the run log."""
     for run in reversed(read_runs(output)):
         if run.input:
-            return Path(run.input)
+            return None if is_uri(run.input) else Path(run.input)
     return None
 
 
-def input_root(job: Mapping[str, Any], output: Path) -> Path:
+def input_root(job: Mapping[str, Any], output: Where) -> Path:
     """The folder the dataset's ``image_path`` values are relative to: the job's input root
     (for a manifest, its folder). Absolute in every job ``caption run`` writes; a relative one
     is looked up (``_candidates``). Raises ``ConfigError`` saying where it looked."""
     inp = job.get("input") or {}
     if inp.get("manifest"):
         manifest = job_manifest(job, output)
-        if manifest is not None:
+        if isinstance(manifest, Path):
             return manifest.parent
     root = Path(inp.get("root") or ".")
     recorded = None if inp.get("manifest") else _recorded_input(output)
@@ -137,11 +143,14 @@ def input_root(job: Mapping[str, Any], output: Path) -> Path:
     raise ConfigError(f"the images of {output} are not where its run found them: no folder {where}")
 
 
-def job_manifest(job: Mapping[str, Any], output: Path) -> Path | None:
-    """The job's manifest file, if it has one and it is still there (``_candidates``)."""
+def job_manifest(job: Mapping[str, Any], output: Where) -> Path | str | None:
+    """The job's manifest file, if it has one and it is still there (``_candidates``); a URI
+    as it is (read when its rows are)."""
     name = (job.get("input") or {}).get("manifest")
     if not name:
         return None
+    if is_uri(name):
+        return str(name)
     for candidate in _candidates(Path(name), _recorded_input(output), job):
         if candidate.is_file():
             return candidate
@@ -149,7 +158,7 @@ def job_manifest(job: Mapping[str, Any], output: Path) -> Path | None:
 
 
 def manifest_sources(
-    manifest: Path, wanted: set[str], *, with_bytes: bool
+    manifest: Path | str, wanted: set[str], *, with_bytes: bool
 ) -> Iterator[tuple[str, Source]]:
     """The manifest's rows whose identity is in ``wanted``, streamed: (identity, its file, or
     its embedded bytes when ``with_bytes``, else an empty ``Source(data=b"")`` marking that it
@@ -162,6 +171,8 @@ def manifest_sources(
         seen.add(ident)
         if entry.data is not None:
             yield ident, Source(data=entry.data if with_bytes else b"")
+        elif entry.path is not None and is_uri(entry.path):
+            yield ident, Source(uri=entry.path)
         elif entry.path is not None:
             yield ident, Source(path=Path(entry.path))
 
@@ -169,12 +180,15 @@ def manifest_sources(
 class Images:
     """Finds the images of a dataset's rows (by ``image_path``) from its job."""
 
-    def __init__(self, job: Mapping[str, Any] | None, output: Path) -> None:
+    def __init__(self, job: Mapping[str, Any] | None, output: Where) -> None:
         self.job = job or {}
         self.output = output
         inp = self.job.get("input") or {}
         self.is_manifest = bool(inp.get("manifest"))
         self.manifest = job_manifest(self.job, output) if self.is_manifest else None
+        root = inp.get("root")
+        # a folder in object storage: each image is the object at root/image_path
+        self.remote_root = str(root) if not self.is_manifest and is_uri(root or "") else None
         self._root: Path | None = None
         self.warnings: list[str] = []
 
@@ -191,6 +205,8 @@ class Images:
 
     def describe(self) -> str:
         """Where the images are looked for, for a message (never raises)."""
+        if self.remote_root is not None:
+            return f"under {self.remote_root}"
         if self.is_manifest:
             name = self.manifest or (self.job.get("input") or {}).get("manifest")
             return f"listed in the manifest {name}"
@@ -212,6 +228,10 @@ class Images:
     ) -> Iterator[tuple[str, Source | None]]:
         """(image_path, its ``Source`` or None if not found) for each of ``image_paths``, in
         the manifest's order for a manifest dataset (streamed), else in the given order."""
+        if self.remote_root is not None:
+            for image_path in image_paths:
+                yield image_path, Source(uri=uri_child(self.remote_root, image_path))
+            return
         if not self.is_manifest:
             for image_path in image_paths:
                 path = self._file(image_path)
@@ -268,13 +288,15 @@ def write_text(final: Path, text: str, made: set[Path] | None = None) -> None:
 
 def place_image(source: Source, final: Path) -> None:
     """The image at ``final``: a hard link to its file where the file system allows, else a
-    copy; embedded bytes written out. Through a temp name and a rename."""
+    copy; embedded bytes written out; an object downloaded (``FileNotFoundError`` if it is
+    not there). Through a temp name and a rename."""
+    data = fetch(source.uri) if source.uri is not None else source.data
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(final)
     tmp.unlink(missing_ok=True)
     try:
-        if source.data is not None:
-            tmp.write_bytes(source.data)
+        if data is not None:
+            tmp.write_bytes(data)
         else:
             assert source.path is not None
             try:
@@ -284,6 +306,19 @@ def place_image(source: Source, final: Path) -> None:
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+def fetch(uri: str) -> bytes:
+    """The bytes of the object ``uri``; ``FileNotFoundError`` when there is none."""
+    loc = resolve(uri)
+    try:
+        return read_bytes(loc.fs, loc.path)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if "not found" in str(exc).lower() or "NoSuchKey" in str(exc):
+            raise FileNotFoundError(uri) from None
         raise
 
 
@@ -342,13 +377,22 @@ def export_txt(
     else:
         where: dict[str, Path] = {}
         embedded: list[str] = []
+        remote: list[str] = []
         for image_path, source in images.sources(sorted(set(paths)), with_bytes=False):
             if source is None:
                 missing.append(image_path)
+            elif source.uri is not None:
+                remote.append(image_path)
             elif source.path is None:
                 embedded.append(image_path)
             else:
                 where[image_path] = source.path
+        if remote:
+            raise ConfigError(
+                f"{_listed('images are in object storage', remote)}: caption files are not "
+                "written into the input's bucket. Pass --to DIR: they are then written under DIR "
+                "at each image's relative path"
+            )
         if embedded:
             raise ConfigError(
                 f"{_listed('images are embedded in the manifest', embedded)}: there is no file "
@@ -400,6 +444,9 @@ def image_suffix(source: Source) -> str:
     """The file extension of an image: its file's own, else its format read from its bytes."""
     if source.path is not None and source.path.suffix.lower() in IMAGE_SUFFIXES:
         return source.path.suffix.lower()
+    if source.uri is not None:
+        suffix = PurePosixPath(source.uri.split("?", 1)[0]).suffix.lower()
+        return suffix if suffix in IMAGE_SUFFIXES else ".jpg"  # most are: it is only a name
     head = source.data if source.data is not None else b""
     if source.data is None and source.path is not None:
         with open(source.path, "rb") as fh:
@@ -472,7 +519,14 @@ def export_imagefolder(
         if existing == "skip" and final.exists():
             counts.skipped += 1
         else:
-            place_image(source, final)
+            try:
+                place_image(source, final)
+            except FileNotFoundError:
+                if source.uri is None:
+                    raise
+                taken.discard(name)
+                missing.append(image_path)  # the object is gone
+                continue
             counts.written += 1
         entries.append((row_of[image_path], name))
     counts.missing, counts.clashes = len(missing), len(clashed)

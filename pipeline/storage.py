@@ -332,8 +332,17 @@ def uri_beside(uri: str, relative: str) -> str:
     with ``uri``'s query (its endpoint options): how a manifest in object storage names the
     images it lists relative to itself."""
     parts = urllib.parse.urlsplit(uri)
-    folder = parts.path.rsplit("/", 1)[0]
-    path = posixpath.normpath(f"{folder}/{relative}")
+    return _with_path(parts, f"{parts.path.rsplit('/', 1)[0]}/{relative}")
+
+
+def uri_child(folder: str, relative: str) -> str:
+    """The URI of ``relative`` inside the "folder" URI ``folder`` (its query kept)."""
+    parts = urllib.parse.urlsplit(folder)
+    return _with_path(parts, f"{parts.path.rstrip('/')}/{relative}")
+
+
+def _with_path(parts: urllib.parse.SplitResult, path: str) -> str:
+    path = posixpath.normpath(path)
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 

@@ -301,11 +301,34 @@ def test_run_on_s3_then_rerun_skips(s3: S3Server, sim: SimServer, tmp_path: Path
     assert len(lines) == 30 and json.loads(lines[0])["status"] == "ok"
     for args, why in (
         (["--format", "csv"], "give --to FILE"),
-        (["--format", "txt", "--to", str(tmp_path / "t")], "not supported there yet"),
+        (["--format", "txt"], "images are in object storage"),  # not into the input bucket
     ):
         refused = _caption(s3, tmp_path, "export", uri, *args)
         assert isinstance(refused, subprocess.CompletedProcess)
         assert refused.returncode == 2 and why in refused.stderr, refused.stderr
+
+    # caption files mirrored under --to; an imagefolder with the objects downloaded
+    txt = _caption(s3, tmp_path, "export", uri, "--format", "txt", "--to", str(tmp_path / "t"))
+    assert isinstance(txt, subprocess.CompletedProcess)
+    assert txt.returncode == 0, txt.stderr
+    assert len(list((tmp_path / "t").rglob("*.txt"))) == 30
+    assert (tmp_path / "t" / "a" / "img0000.txt").read_text().strip()
+    folder = tmp_path / "hf"
+    made = _caption(s3, tmp_path, "export", uri, "--format", "imagefolder", "--to", str(folder))
+    assert isinstance(made, subprocess.CompletedProcess)
+    assert made.returncode == 0, made.stderr
+    meta = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    assert len(meta) == 30
+    first_image = folder / meta[0]["file_name"]
+    assert first_image.read_bytes() == (tmp_path / "imgs" / meta[0]["image_path"]).read_bytes()
+
+    # the report of the URI output, with thumbnails made from the input's objects
+    page = tmp_path / "r.html"
+    report = _caption(s3, tmp_path, "report", uri, "-o", str(page))
+    assert isinstance(report, subprocess.CompletedProcess)
+    assert report.returncode == 0, report.stderr
+    assert "30 thumbnails" in report.stdout, report.stdout
+    assert page.stat().st_size > 30 * 1000
 
 
 @pytest.mark.slow
@@ -433,6 +456,19 @@ def test_csv_manifest_in_the_bucket(s3: S3Server, sim: SimServer, tmp_path: Path
     assert isinstance(dry, subprocess.CompletedProcess)
     assert dry.returncode == 0, dry.stderr
     assert "8 already done" in dry.stdout, dry.stdout
+
+    # thumbnails from the objects the manifest names (two rows name one object: one thumbnail)
+    report = _caption(s3, tmp_path, "report", str(out), "-o", str(tmp_path / "r.html"))
+    assert isinstance(report, subprocess.CompletedProcess)
+    assert report.returncode == 0, report.stderr
+    assert "7 thumbnails" in report.stdout, report.stdout
+    folder = tmp_path / "hf"
+    made = _caption(s3, tmp_path, "export", str(out), "--format", "imagefolder", "--to",
+                    str(folder))  # fmt: skip
+    assert isinstance(made, subprocess.CompletedProcess)
+    assert made.returncode == 0, made.stderr
+    meta = (folder / "metadata.jsonl").read_text().splitlines()
+    assert len(meta) == 8 and len([p for p in folder.rglob("*.jpg")]) == 8
 
 
 @pytest.mark.slow

@@ -74,13 +74,6 @@ def run_report(args: argparse.Namespace) -> int:
     if args.max_thumbnails < 0:
         print("caption report: --max-thumbnails must be >= 0", file=sys.stderr)
         return EXIT_USAGE
-    if isinstance(args.output, str):
-        print(
-            f"caption report: {args.output} is in object storage: not supported yet (copy the "
-            "part files to a local folder and report that)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     timings = Timings()
     t0 = time.perf_counter()
     try:

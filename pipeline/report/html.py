@@ -102,7 +102,7 @@ class Timings:
 
 
 def collect(
-    output: Path,
+    output: Path | str,
     thumbs: ThumbnailOptions | None = None,
     *,
     timings: Timings | None = None,
@@ -198,8 +198,8 @@ def _thumbnails(
         info["made"] = 0
         return dict.fromkeys(distinct, t.OFF), [], info
     sources = t.image_sources(job, distinct, images)
-    files: dict[Path, int] = {}  # file -> its place in the work list (two ids, one file: once)
-    todo: list[Path] = []
+    files: dict[Path | str, int] = {}  # file -> its place in the work list (one file: once)
+    todo: list[Path | str] = []
     slot: dict[str, int | str] = {}
     for path in distinct:
         src = sources[path]
@@ -270,15 +270,19 @@ def render(page: dict[str, Any], thumbs: list[str]) -> str:
     return _MARKER.sub(lambda m: values[m.group(1)], _static("report.html"))
 
 
-def default_dest(output: Path) -> Path:
+def default_dest(output: Path | str) -> Path:
     """``out/demo`` -> ``out/demo-report.html``: beside the dataset, not in it (a dataset
-    folder holds only what readers of Parquet datasets expect)."""
+    folder holds only what readers of Parquet datasets expect). A dataset in object storage
+    (``s3://b/x/out``): ``out-report.html`` in the working folder, where a browser opens it."""
+    if isinstance(output, str):
+        name = output.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "dataset"
+        return Path(os.path.abspath(f"{name}-report.html"))
     output = Path(os.path.abspath(output))
     return output.with_name(output.name + "-report.html")
 
 
 def build_report(
-    output: Path,
+    output: Path | str,
     dest: Path | None = None,
     thumbs: ThumbnailOptions | None = None,
     *,
@@ -289,7 +293,9 @@ def build_report(
 
     ``thumbs``: see ``ThumbnailOptions`` (its ``images`` default: the job's input root, or the
     manifest's paths).
-    Raises ``OutputError`` if ``output`` is not a readable dataset folder.
+    ``output`` is a folder, or a URI (``s3://...``: rows and run log read from there and the
+    local state folder, thumbnails from the objects). Raises ``OutputError`` if ``output`` is
+    not a readable dataset.
     """
     timings = timings if timings is not None else Timings()
     dest = dest or default_dest(output)

@@ -1,9 +1,10 @@
 """Small JPEG thumbnails of a dataset's images, for the report's gallery.
 
-Where the images are: a folder job's ``input.root`` joined with each row's ``image_path``; a
-manifest job's rows name the manifest's identities, so the manifest is read again to map each
-identity to its file (rows whose image was embedded in the manifest as bytes get none). When
-the images have moved since the run, ``root`` points at their folder now.
+Where the images are: a folder job's ``input.root`` (a folder or a URI) joined with each row's
+``image_path``; a manifest job's rows name the manifest's identities, so the manifest (local or
+a URI) is read again to map each identity to its file or object (rows whose image was embedded
+in the manifest as bytes get none). When the images have moved since the run, ``root`` points
+at their folder now.
 
 Thumbnails are made in a thread pool (Pillow releases the GIL while decoding, resizing and
 encoding); big JPEGs are decoded in draft mode at 1/2-1/8 scale, which is most of the speed.
@@ -24,12 +25,14 @@ from PIL import Image, ImageOps
 
 from ..errors import CaptionError
 from ..manifest import open_manifest, read_entries
+from ..storage import is_uri, path_or_uri, read_bytes, resolve, uri_child
 
 log = logging.getLogger("pipeline")
 
 SIZE = 160  # longest side, pixels
 QUALITY = 70
 MAX_PIXELS = 178_956_970  # the pipeline's default guard; a job's own value wins
+REMOTE_WORKERS = 16  # threads reading objects for thumbnails
 
 # Why a row has no thumbnail (shown on its placeholder).
 NO_FILE = "no file"
@@ -40,9 +43,10 @@ OFF = "thumbnails off"
 
 @dataclass(frozen=True)
 class Source:
-    """Where one image is: a file, or the reason there is none."""
+    """Where one image is: a file (a ``Path``) or an object (a URI), or the reason there is
+    none. An object is not checked before its thumbnail is made (one request, not two)."""
 
-    path: Path | None
+    path: Path | str | None
     reason: str | None = None
 
 
@@ -60,11 +64,14 @@ def image_sources(
     manifest = inp.get("manifest")
     out: dict[str, Source] = {}
     if manifest:
-        found = _manifest_files(Path(manifest), set(wanted), root)
+        found = _manifest_files(path_or_uri(manifest), set(wanted), root)
         for path in wanted:
             out[path] = found.get(path, Source(None, NO_FILE))
         return out
-    base = root or (Path(inp["root"]) if inp.get("root") else None)
+    given = inp.get("root")
+    if root is None and isinstance(given, str) and is_uri(given):  # images in object storage
+        return {path: Source(uri_child(given, path)) for path in wanted}
+    base = root or (Path(given) if given else None)
     for path in wanted:
         if base is None:
             out[path] = Source(None, NO_FILE)
@@ -74,7 +81,7 @@ def image_sources(
     return out
 
 
-def _manifest_files(manifest: Path, wanted: set[str], root: Path | None) -> dict[str, Source]:
+def _manifest_files(manifest: Path | str, wanted: set[str], root: Path | None) -> dict[str, Source]:
     """identity -> Source, from one pass over the manifest (only its identity and image)."""
     found: dict[str, Source] = {}
     try:
@@ -84,7 +91,9 @@ def _manifest_files(manifest: Path, wanted: set[str], root: Path | None) -> dict
                 continue
             if entry.data is not None or m.image_kind == "binary":
                 found[entry.identity] = Source(None, EMBEDDED)
-            elif entry.path is not None:
+            elif entry.path is not None and is_uri(entry.path):  # an object: as it is
+                found[entry.identity] = Source(entry.path)
+            elif entry.path is not None and isinstance(manifest, Path):
                 file = Path(entry.path)
                 if root is not None and not file.is_file():
                     try:
@@ -98,12 +107,14 @@ def _manifest_files(manifest: Path, wanted: set[str], root: Path | None) -> dict
 
 
 def thumbnail(
-    path: Path, size: int = SIZE, quality: int = QUALITY, max_pixels: int = MAX_PIXELS
+    path: Path | str, size: int = SIZE, quality: int = QUALITY, max_pixels: int = MAX_PIXELS
 ) -> bytes | None:
-    """A JPEG of ``path`` at most ``size`` px on its longest side, upright, RGB (alpha on
-    white); None if the file cannot be read as an image (or is over ``max_pixels``)."""
+    """A JPEG of ``path`` (a file, or an object's URI) at most ``size`` px on its longest
+    side, upright, RGB (alpha on white); None if it cannot be read as an image (or is over
+    ``max_pixels``)."""
     try:
-        with Image.open(path) as opened:
+        source: Path | io.BytesIO = path if isinstance(path, Path) else _fetch(path)
+        with Image.open(source) as opened:
             if opened.width * opened.height > max_pixels:
                 return None
             if opened.format == "JPEG":
@@ -115,8 +126,13 @@ def thumbnail(
             out = io.BytesIO()
             im.save(out, format="JPEG", quality=quality)
             return out.getvalue()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, CaptionError):
         return None
+
+
+def _fetch(uri: str) -> io.BytesIO:
+    loc = resolve(uri)
+    return io.BytesIO(read_bytes(loc.fs, loc.path))
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -135,7 +151,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def thumbnails(
-    paths: Sequence[Path],
+    paths: Sequence[Path | str],
     *,
     size: int = SIZE,
     quality: int = QUALITY,
@@ -144,10 +160,13 @@ def thumbnails(
     progress: Callable[[int], None] | None = None,
 ) -> list[bytes | None]:
     """``thumbnail`` of each path, in order, made by ``workers`` threads (default: one per
-    core). ``progress`` is called with the number done so far, now and then."""
+    core; objects: at least ``REMOTE_WORKERS``, their reads wait on the network). ``progress``
+    is called with the number done so far, now and then."""
     workers = workers or os.cpu_count() or 1
+    if any(isinstance(p, str) for p in paths):
+        workers = max(workers, REMOTE_WORKERS)
 
-    def one(path: Path) -> bytes | None:
+    def one(path: Path | str) -> bytes | None:
         return thumbnail(path, size, quality, max_pixels)
 
     if workers == 1 or len(paths) < 8:
