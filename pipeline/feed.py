@@ -179,11 +179,14 @@ class Feed:
         self.fs = None if job.input.manifest is not None else input_fs(job.input.root)
         self.remote = remote_input(job)
 
-    async def walk(self, tx: MemoryObjectSendStream[ImageFile]) -> None:
+    async def walk(
+        self, tx: MemoryObjectSendStream[ImageFile], files: Iterator[ImageFile] | None = None
+    ) -> None:
         """List the tree in a thread, a batch at a time; files whose items are all done (by
-        the hash cache) are counted and dropped there, never reaching the event loop."""
+        the hash cache) are counted and dropped there, never reaching the event loop.
+        ``files``: the input's files of this shard from elsewhere (default ``files()``)."""
         inp = self.job.input
-        files = self.files()
+        files = self.files() if files is None else files
 
         def take() -> list[ImageFile]:
             if inp.manifest is None:

@@ -214,13 +214,13 @@ def iter_objects(
     S3 "folder" marker keys (ending in ``/``). S3: in key order (one paged listing); elsewhere
     depth-first, names sorted within each folder. A listing that fails: ``OSError``.
     """
-    if loc.s3 is not None and _botocore_available():
+    if loc.s3 is not None and botocore_available():
         yield from _iter_s3(loc, loc.s3, match)
     else:
         yield from _iter_levels(loc, match)
 
 
-def _botocore_available() -> bool:
+def botocore_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("botocore") is not None
@@ -272,7 +272,7 @@ def _iter_s3(
                 f"{bucket}/{key}",
                 rel,
                 int(obj.get("Size", 0)),
-                _ns(mtime),
+                datetime_ns(mtime),
                 str(obj.get("ETag", "")).strip('"'),
             )
         if not page.get("IsTruncated"):
@@ -281,7 +281,7 @@ def _iter_s3(
         del page
 
 
-def _ns(when: Any) -> int:
+def datetime_ns(when: Any) -> int:
     """A datetime -> integer nanoseconds since the epoch (exact, no float rounding)."""
     if when is None:
         return 0
@@ -359,7 +359,7 @@ def stat_uri(uri: str) -> ObjectStat:
     """Size and times of the object ``uri`` (one HEAD request). ``FileNotFoundError`` when it
     does not exist, ``OSError`` when it cannot be reached, ``ConfigError`` for a bad URI."""
     loc = resolve(uri)
-    if loc.s3 is not None and _botocore_available():
+    if loc.s3 is not None and botocore_available():
         bucket, _, key = loc.path.partition("/")
         try:
             head = s3_client(loc.s3).head_object(Bucket=bucket, Key=key)
@@ -369,7 +369,7 @@ def stat_uri(uri: str) -> ObjectStat:
                 raise FileNotFoundError(uri) from None
             raise OSError(f"cannot reach {loc.uri}: {exc}") from None
         etag = str(head.get("ETag", "")).strip('"')
-        return ObjectStat(int(head.get("ContentLength", 0)), _ns(head.get("LastModified")),
+        return ObjectStat(int(head.get("ContentLength", 0)), datetime_ns(head.get("LastModified")),
                           etag_number(etag))  # fmt: skip
     try:
         info = loc.fs.get_file_info(loc.path)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -226,8 +227,65 @@ def test_engine_choice_and_limit(
         m.setitem(sys.modules, "ray", None)  # as if Ray were not installed
         with pytest.raises(ConfigError, match=r"pip install 'caption\[ray\]'"):
             make_runner(job, api_key=None, engine="ray")
-    with pytest.raises(ConfigError, match="--limit"):
-        RayRunner(job_for(sim, tmp_path, tmp_path / "out", "--limit", "3"), api_key=None)
+
+
+def test_limit_is_exact_on_ray(tmp_path: Path) -> None:
+    """--limit N on Ray sends exactly N items (the request actors share one budget), even when
+    the first files taken turn out unreadable (a second round takes more); the rerun without
+    a limit does the rest."""
+    root = tmp_path / "img"
+    make_images(root, 20, size=(32, 24))
+    for i in range(4):
+        (root / "a" / f"broken{i}.jpg").write_bytes(b"not a jpeg")
+    with SimServer(SimConfig(slots=8, latency=0.05)) as sim:
+        first = run_ray(job_for(sim, root, tmp_path / "out", "--limit", "7", "--concurrency", "4"))
+        assert first.exit_code == 0, first.stop_reason
+        assert sim.stats()["requests"] == 7
+        assert first.tally.ok == 7 and first.limited
+        rest = run_ray(job_for(sim, root, tmp_path / "out"))
+        assert rest.exit_code == 0 and rest.tally.ok == 13 and not rest.limited
+        assert sim.stats()["requests"] == 20
+    table = ds.dataset(tmp_path / "out", format="parquet").to_table()
+    assert table.filter(pc.equal(table["status"], "ok")).num_rows == 20
+    assert table.filter(pc.equal(table["status"], "invalid")).num_rows >= 4
+
+
+def test_manifest_schema_prompts_and_two_endpoints_match_the_local_engine(tmp_path: Path) -> None:
+    """An annotation job on Ray: a manifest (a kept column, a template variable), a schema
+    prompt with typed columns and a free-text one, two servers. Same rows, keys and typed
+    values as the local engine; both servers get requests."""
+    data = Path(__file__).parent.parent / "data"
+    manifest = data / "manifests" / "catalog.csv"
+    rows_in = len(manifest.read_text().splitlines()) - 1
+    with (
+        SimServer(SimConfig(slots=8, latency=0.01)) as a,
+        SimServer(SimConfig(slots=8, latency=0.01)) as b,
+    ):
+        outs = {}
+        for engine in ("local", "ray"):
+            out = tmp_path / engine
+            job_file = tmp_path / f"{engine}.toml"
+            job_file.write_text(
+                f'[endpoint]\nurl = ["{a.base_url}", "{b.base_url}"]\nmodel = "gemma3-27b"\n'
+                f'[input]\nmanifest = "{manifest}"\nkeep = ["source"]\n'
+                f'[[prompt]]\nname = "annotate"\ntext = "Annotate $title"\n'
+                f'schema = "{data / "schemas" / "annotate.json"}"\nmax_tokens = 512\n'
+                f'[[prompt]]\nname = "caption"\ntext = "{PROMPT}"\n'
+                f'[run]\noutput = "{out}"\nconcurrency = 6\nflush_interval = 0.5\n'
+            )
+            job = load_job(job_file, overrides_from(build_parser().parse_args(["run"])))
+            result = run_local(job) if engine == "local" else run_ray(job)
+            assert result.exit_code == 0, result.stop_reason
+            outs[engine] = out
+        assert a.stats()["requests"] > 0 and b.stats()["requests"] > 0
+    typed = ("tags", "short_caption", "contains_text", "rating", "source")
+    local, remote = rows(outs["local"]), rows(outs["ray"])
+    assert len(remote) == 2 * rows_in
+    assert [tuple(r[c] for c in (*COMPARED, *typed)) for r in remote] == [
+        tuple(r[c] for c in (*COMPARED, *typed)) for r in local
+    ]
+    assert "scikit-image" in {r["source"] for r in remote}
+    assert all(r["tags"] for r in remote if r["prompt_name"] == "annotate")
 
 
 def test_the_concurrency_is_kept(tmp_path: Path) -> None:
@@ -390,8 +448,9 @@ def test_cli_engine_flag_runs_on_ray_and_the_local_rerun_has_nothing_left(
 def test_object_store_input_on_ray(
     tmp_path: Path, sim: SimServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--input s3://... on the Ray engine (a real moto_server on loopback): the driver lists
-    the bucket, the Ray workers read the objects; a local rerun finds nothing to do."""
+    """--input s3://... on the Ray engine (a real moto_server on loopback): Ray tasks list the
+    bucket's top-level prefixes, the Ray workers read the objects; a local rerun finds nothing
+    to do. Then a manifest in the bucket naming the same objects relative to itself."""
     from s3server import moto_server
 
     from pipeline.cli import main
@@ -420,3 +479,14 @@ def test_object_store_input_on_ray(
             assert sent_marker(root / str(r["image_path"])) in str(r["caption"])
         assert main([*args, "--engine", "local"]) == 0
         assert sim.stats()["requests"] == 8
+        listing = "\n".join(["image", *(f"in/{p.relative_to(root).as_posix()}" for p in paths)])
+        with fs.open_output_stream(f"{bucket}/list.csv") as fh:
+            fh.write(listing.encode())
+        manifest_args = ["run", "--endpoint", sim.base_url, "--manifest",
+                         f"s3://{bucket}/list.csv", "--output", str(tmp_path / "m"), "--prompt",
+                         PROMPT, "--no-progress"]  # fmt: skip
+        assert main([*manifest_args, "--engine", "ray"]) == 0
+        rows = ds.dataset(tmp_path / "m", format="parquet").to_table().to_pylist()
+        assert len(rows) == 8 and {r["status"] for r in rows} == {"ok"}
+        for r in rows:
+            assert sent_marker(root / str(r["image_path"])[3:]) in str(r["caption"])

@@ -98,7 +98,7 @@ def test_iter_objects(s3: S3Server, monkeypatch: pytest.MonkeyPatch, botocore: b
     """Both listings (botocore's paged ListObjectsV2 and pyarrow level by level) find the same
     objects: hidden names and folder markers skipped, the name filter applied, sizes and
     mtimes set."""
-    monkeypatch.setattr(storage, "_botocore_available", lambda: botocore)
+    monkeypatch.setattr(storage, "botocore_available", lambda: botocore)
     bucket = s3.new_bucket()
     _put(s3, bucket, {f"in/{k}": v for k, v in TREE.items()} | {"other.jpg": b"o"})
     client = storage.s3_client(storage.resolve(f"s3://{bucket}").s3)  # type: ignore[arg-type]
@@ -417,8 +417,15 @@ def test_csv_manifest_in_the_bucket(s3: S3Server, sim: SimServer, tmp_path: Path
     other = f"s3://{bucket}/elsewhere/z.jpg"
     _put(s3, bucket, {"elsewhere/z.jpg": paths[0].read_bytes()})
     lines = ["image,topic"]
-    lines += [f"imgs/{p.relative_to(tmp_path / 'imgs').as_posix()},t{i}" for i, p in enumerate(paths)]
-    lines += [f"{other},z", "imgs/missing.jpg,m", "/etc/local.jpg,l", "../data/imgs/a/img0000.jpg,u"]
+    lines += [
+        f"imgs/{p.relative_to(tmp_path / 'imgs').as_posix()},t{i}" for i, p in enumerate(paths)
+    ]
+    lines += [
+        f"{other},z",
+        "imgs/missing.jpg,m",
+        "/etc/local.jpg,l",
+        "../data/imgs/a/img0000.jpg,u",
+    ]
     _put(s3, bucket, {"data/list.csv": ("\n".join(lines) + "\n").encode()})
     out = tmp_path / "out"
     args = [
@@ -538,3 +545,29 @@ def test_missing_manifest_uri_is_a_config_error(s3: S3Server, tmp_path: Path) ->
     assert isinstance(done, subprocess.CompletedProcess)
     assert done.returncode == 2
     assert f"manifest s3://{bucket}/nope.csv" in done.stderr and "no such object" in done.stderr
+
+
+@pytest.mark.parametrize("botocore", [True, False])
+def test_listing_in_parts_equals_the_listing(
+    s3: S3Server, monkeypatch: pytest.MonkeyPatch, botocore: bool
+) -> None:
+    """The Ray engine's parallel listing (top level here, each folder in its own task) yields
+    what the one listing yields: same paths, sizes, times and ETag numbers."""
+    from pipeline.config.settings import DEFAULT_PATTERNS
+    from pipeline.engines.listing import list_folder, split_input
+    from pipeline.walker import walk_input
+
+    monkeypatch.setattr(storage, "botocore_available", lambda: botocore)
+    bucket = s3.new_bucket()
+    keys = {f"in/{d}/{i}.jpg": bytes([i]) * (i + 1) for d in ("a", "b/c", "d") for i in range(3)}
+    keys |= {"in/top.jpg": b"t", "in/notes.txt": b"n", "in/.h/x.jpg": b"h", "out/x.jpg": b"o"}
+    _put(s3, bucket, keys)
+    uri = f"s3://{bucket}/in"
+    split = split_input(uri, DEFAULT_PATTERNS)
+    assert split.folders == ["a", "b", "d"]
+    assert [f.relpath for f in split.files] == ["top.jpg"]
+    parts = list(split.files)
+    for name in split.folders:
+        parts += list_folder(uri, name, DEFAULT_PATTERNS)
+    assert sorted(parts) == sorted(walk_input(uri, DEFAULT_PATTERNS))
+    assert len(parts) == 10

@@ -1,13 +1,15 @@
 """``caption run --engine ray``: the same job as a Ray Data pipeline.
 
 The driver (this process) does what must happen in one place, with the local engine's own code:
-the output lock, journal recovery, the done keys, the walk (``Feed.walk``: the hash cache drops
-files whose items are all done before anything is read), and the collecting stage (the local
-``Collector``: journal first, then ``part-<run_id>-<seq>.parquet`` files, then the same
-compaction), so crash recovery, resume and the dataset are the local engine's. Ray does the
-rest, across the cluster::
+the output lock, journal recovery, the done keys, the walk's hash-cache check (``Feed.walk``:
+files whose items are all done are dropped before anything is read), and the collecting stage
+(the local ``Collector``: journal first, then ``part-<run_id>-<seq>.parquet`` files, then the
+same compaction), so crash recovery, resume and the dataset are the local engine's. Ray does
+the rest, across the cluster::
 
-    driver: walk -> file records (pickled ImageFile, in blocks)
+    Ray tasks: list the input's top-level folders at once (``listing.list_folder``; a manifest
+               is read by the driver, one stream)
+    driver: hash cache -> file records (pickled ImageFile, in blocks)
       -> map_batches(prepare_batch)      tasks, 1 CPU each: read, sha256, keys, skip done,
                                           decode + resize + encode (``encode_image``)
       -> map_batches(RequestStage)       actors: each runs the local ``Requester`` (retries,
@@ -16,6 +18,10 @@ rest, across the cluster::
                                           asyncio loop Ray gives an async actor; per-actor
                                           concurrency = total / actors
       -> driver: iter_batches -> rows -> Collector (journal + Parquet parts)
+
+``--limit N``: the request actors take their items from one ``Budget`` actor, so exactly N go
+to the server; the driver hands the pipeline as many files as items are left (a file has one
+at least) and, if some were unreadable or partly done, another round.
 
 Every record between stages is ``(kind, payload)`` with a pickled payload: ``item`` (a
 ``RequestItem``), ``row`` (a result row: every ``invalid`` and ``failed`` outcome is one, so
@@ -54,17 +60,19 @@ from ..client import ChatClient, auth_headers, tls_for
 from ..collector import Collector
 from ..config import Job
 from ..encode import encode_image
-from ..errors import EXIT_TEMPFAIL, ConfigError, InvalidImageError
+from ..errors import EXIT_TEMPFAIL, InvalidImageError
 from ..feed import Feed, ItemKeys, input_fs, read_file
 from ..items import Pending, RequestItem, Row, RowMaker
 from ..requester import Requester, Route
 from ..retry import RetryPolicy
 from ..runner import AUTO_START, Runner
 from ..schema import STATUS_FAILED, STATUS_INVALID, utc_now
+from ..shards import parse_shard
 from ..state import HashCache
 from ..steer import Steering, SteerReport
 from ..structured import AnswerCheck
 from ..walker import ImageFile
+from .listing import list_folder, split_input
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,8 @@ STOP_DRAIN_S = 5.0  # after an actor gives up, wait this long for the others' ro
 MAX_CALLS = 130  # concurrent calls of one request actor at most
 BLOCK_BYTES = 1 << 20  # Ray Data blocks between stages end at about this size
 MAX_BLOCKS = 25_000  # input blocks at most
+LIST_CPUS = 0.5  # a listing task mostly waits on the file system or the object store
+MAX_LISTINGS = 64  # folders being listed at once (each task returns its folder's files)
 
 ITEM, ROW, SEEN, STAT, STOP = "item", "row", "seen", "stat", "stop"
 
@@ -218,15 +228,39 @@ class ActorPlan:
         return cls(actors, per if fixed else None, per, start)
 
 
+class Budget:
+    """``--limit``: the items still allowed to go to the server, in a tiny Ray actor shared
+    by the request actors (one call per block of items, not per item)."""
+
+    def __init__(self, limit: int) -> None:
+        self.remaining = limit
+
+    def take(self, n: int) -> int:
+        """Up to ``n`` items may go; how many."""
+        granted = min(n, self.remaining)
+        self.remaining -= granted
+        return granted
+
+    def left(self) -> int:
+        return self.remaining
+
+
 class RequestStage:
     """A request actor: the local request stage (``Requester`` with its routes, breakers and
     ``auto`` steering) on the event loop Ray runs for an async actor."""
 
     def __init__(
-        self, job: Job, api_key: str | None, run_id: str, plan: ActorPlan, switch: Any = None
+        self,
+        job: Job,
+        api_key: str | None,
+        run_id: str,
+        plan: ActorPlan,
+        switch: Any = None,
+        budget: Any = None,
     ) -> None:
         self.job = job
         self.switch = switch  # the driver's Switch actor: set when the run is being stopped
+        self.budget = budget  # the driver's Budget actor with --limit (else None)
         self.draining = False  # the run is stopping: send nothing new, finish what is sent
         self.api_key = api_key
         self.plan = plan
@@ -381,6 +415,8 @@ class RequestStage:
                 items.append(dataclasses.replace(pickle.loads(payload), ready_at=now))
             else:
                 out.append((kind, payload))
+        if items and self.budget is not None:  # --limit: the rest are left for the next run
+            items = items[: await self.budget.take.remote(len(items))]
         rows = await asyncio.gather(*(self._one(requester, item) for item in items))
         out += [(ROW, _dump(row)) for row in rows if row is not None]
         report = self._steering.report if self._steering is not None else None
@@ -436,11 +472,6 @@ class RayRunner(Runner):
         actors: int = DEFAULT_ACTORS,
         handle_signals: bool = False,
     ) -> None:
-        if job.run.limit is not None:
-            raise ConfigError(
-                "--limit is not supported with --engine ray (items are sent from many workers "
-                "at once); use the local engine for a first look"
-            )
         super().__init__(job, api_key=api_key, handle_signals=handle_signals)
         self.address = address
         self.plan = ActorPlan.of(job, actors)
@@ -506,20 +537,31 @@ class RayRunner(Runner):
             if owns_ray:
                 await anyio.to_thread.run_sync(ray.shutdown)
 
-    async def _walk(self, feed: Feed) -> list[ImageFile]:
-        files: list[ImageFile] = []
-        tx, rx = anyio.create_memory_object_stream[ImageFile](256)
-        assert self._feed_scope is not None
-        with self._feed_scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(feed.walk, tx)
-                async with rx:
-                    async for f in rx:
-                        files.append(f)
-        return files
+    def _listed(self, ray: Any) -> Iterator[ImageFile]:
+        """A folder input's files (this shard's), its top-level folders listed by Ray tasks
+        at once (``listing.list_folder``), in the order they finish; blocking (it runs in the
+        walk's thread)."""
+        inp, shard = self.job.input, self.job.run.shard
+        split = split_input(inp.root, inp.patterns)
+        part = parse_shard(shard)
+        yield from (f for f in split.files if part is None or part.has(f.relpath))
+        if not split.folders:
+            return
+        log.info("listing %d folders in Ray tasks", len(split.folders))
+        task = ray.remote(num_cpus=LIST_CPUS, **self._reader_env())(list_folder)
+        names = iter(split.folders)
+        running: list[Any] = []
+        while True:
+            while len(running) < MAX_LISTINGS and (name := next(names, None)) is not None:
+                running.append(task.remote(inp.root, name, inp.patterns, shard))
+            if not running:
+                return
+            ready, running = ray.wait(running, num_returns=1)
+            yield from ray.get(ready[0])
 
-    def _dataset(self, ray: Any, files: list[ImageFile], done: set[str]) -> Any:
-        self._switch = ray.remote(num_cpus=0)(Switch).remote()
+    def _dataset(self, ray: Any, files: list[ImageFile], done: set[str], budget: Any) -> Any:
+        if self._switch is None:
+            self._switch = ray.remote(num_cpus=0)(Switch).remote()
         # a prepare call per block of PREPARE_BATCH files (small blocks keep every actor fed;
         # measured: blocks of 24 small files left one of two actors idle), fewer and larger
         # blocks for a huge input (the driver holds one Arrow table per block)
@@ -552,6 +594,7 @@ class RayRunner(Runner):
                     "run_id": self.run_id,
                     "plan": plan,
                     "switch": self._switch,
+                    "budget": budget,
                 },
                 batch_size=None,
                 batch_format="pyarrow",
@@ -572,11 +615,47 @@ class RayRunner(Runner):
         cache: HashCache,
         rows_tx: MemoryObjectSendStream[Row],
     ) -> None:
-        files = await self._walk(feed)
-        if not files or self.stop_reason is not None:
-            return
-        ds = self._dataset(ray, files, done)
-        del files
+        limit = self.job.run.limit
+        budget = None if limit is None else ray.remote(num_cpus=0)(Budget).remote(limit)
+        tx, rx = anyio.create_memory_object_stream[ImageFile](256)
+        listed = None if self.job.input.manifest is not None else self._listed(ray)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._walk, feed, tx, listed)
+            async with rx:
+                # The walk's files (done ones dropped by the hash cache) in rounds: all at
+                # once, or with --limit as many as the items still allowed (a file has one at
+                # least), then more if some were invalid or partly done.
+                while self.stop_reason is None:
+                    want = math.inf
+                    if budget is not None:
+                        want = await anyio.to_thread.run_sync(lambda: ray.get(budget.left.remote()))
+                        if want <= 0:
+                            self.limited = True
+                            break
+                    files: list[ImageFile] = []
+                    async for f in rx:
+                        files.append(f)
+                        if len(files) >= want:
+                            break
+                    if not files:
+                        break
+                    await self._run(self._dataset(ray, files, done, budget), cache, rows_tx)
+                    del files
+            tg.cancel_scope.cancel()  # --limit reached: list no further
+
+    async def _walk(
+        self, feed: Feed, tx: MemoryObjectSendStream[ImageFile], listed: Iterator[ImageFile] | None
+    ) -> None:
+        """The walk, in the scope a stop cancels (the datasets under way drain instead)."""
+        assert self._feed_scope is not None
+        try:
+            with self._feed_scope:
+                await feed.walk(tx, listed)
+        finally:
+            tx.close()  # (the walk closes it too) the rounds' loop must see the end
+
+    async def _run(self, ds: Any, cache: HashCache, rows_tx: MemoryObjectSendStream[Row]) -> None:
+        """Execute one dataset, its output batches handed to the event loop as they come."""
         halt = threading.Event()
 
         def pump() -> None:
