@@ -9,7 +9,14 @@ listing (sampled every 5 ms) minus its memory before (imports, client made, one 
     .venv/bin/python bench/storage.py --objects 20000 50000
 
 moto accepts ~235 PUTs/s here (one Python process), so a million objects would take 70
-minutes to create: the bench measures a few counts and fits the growth per object.
+minutes to create: against moto the bench measures a few counts. ``--synthetic`` lists a
+million (and 100,000) objects from ``synthetic_s3.SyntheticS3``, a listing-only endpoint that
+answers ListObjectsV2 with made-up keys in S3's wire format: the paged listing, the feeding
+walk on top of it (``walker.walk_objects``: name filter, ImageFile records), and the Ray
+engine's split listing (``engines.listing``: the top level, then each folder as one task
+would, one after another here).
+
+    .venv/bin/python bench/storage.py --synthetic 100000 1000000
 """
 
 from __future__ import annotations
@@ -67,6 +74,67 @@ print(json.dumps({"n": n, "mib": (peak[0] - before) / 2**20, "s": took}))
 """
 
 
+CHILD_SYNTHETIC = r"""
+import json, sys, threading, time
+from pipeline import storage
+from pipeline.walker import walk_objects
+from pipeline.engines.listing import list_folder, split_input
+from pipeline.config.settings import DEFAULT_PATTERNS
+method, uri = sys.argv[1], sys.argv[2]
+loc = storage.resolve(uri)
+client = storage.s3_client(loc.s3)
+client.list_objects_v2(Bucket="bucket", Prefix="imgs/000/", MaxKeys=1)
+import os
+PAGE = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * PAGE
+before = rss()
+peak = [before]
+done = threading.Event()
+def sample():
+    while not done.wait(0.005):
+        peak[0] = max(peak[0], rss())
+threading.Thread(target=sample, daemon=True).start()
+t = time.perf_counter()
+if method == "paged":
+    n = sum(1 for _ in storage.iter_objects(loc))
+elif method == "walk":
+    n = sum(1 for _ in walk_objects(uri, DEFAULT_PATTERNS))
+else:
+    split = split_input(uri, DEFAULT_PATTERNS)
+    n = len(split.files)
+    for name in split.folders:
+        n += len(list_folder(uri, name, DEFAULT_PATTERNS))
+took = time.perf_counter() - t
+done.set()
+peak[0] = max(peak[0], rss())
+print(json.dumps({"n": n, "mib": (peak[0] - before) / 2**20, "s": took}))
+"""
+
+
+def synthetic(counts: list[int]) -> None:
+    from synthetic_s3 import SyntheticS3
+
+    rows = []
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"}
+    for count in sorted(counts):
+        with SyntheticS3(count) as s3:
+            uri = f"s3://bucket/imgs?endpoint_override=127.0.0.1:{s3.port}&scheme=http"
+            for method in ("paged", "walk", "split"):
+                out = subprocess.run(
+                    [sys.executable, "-c", CHILD_SYNTHETIC, method, uri],
+                    capture_output=True, text=True, check=True, env=env,
+                )  # fmt: skip
+                res = json.loads(out.stdout)
+                assert res["n"] == count, res
+                rows.append((count, method, res["mib"], res["s"]))
+                print(f"{count:>9} {method:6} +{res['mib']:6.1f} MiB {res['s']:7.1f} s", flush=True)
+    print("\n| objects (synthetic endpoint) | listing | peak RSS growth | time |\n|---|---|---|---|")
+    for count, method, mib, took in rows:
+        print(f"| {count:,} | {method} | {mib:.1f} MiB | {took:.1f} s |")
+
+
 def fill(client: object, bucket: str, start: int, stop: int) -> None:
     def put(i: int) -> None:
         key = f"imgs/{i % FOLDERS:03d}/{i:08d}-some-typical-file-name.jpg"
@@ -121,7 +189,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, nargs="+", default=[10_000, 50_000])
     ap.add_argument("--throughput", type=int, default=0, metavar="N", help="only: run N images")
+    ap.add_argument("--synthetic", type=int, nargs="+", metavar="N",
+                    help="only: list N made-up objects from a listing-only endpoint")  # fmt: skip
     args = ap.parse_args()
+    if args.synthetic:
+        synthetic(args.synthetic)
+        return
     if args.throughput:
         throughput(args.throughput)
         return

@@ -352,9 +352,12 @@ async def test_disconnected_waiter_leaves_queue() -> None:
                 await client.post("/chat/completions", json=chat_body())
 
             tg.start_soon(first)
-            await anyio.sleep(0.05)
-            with pytest.raises(httpx.ReadTimeout):
-                await client.post("/chat/completions", json=chat_body(), timeout=0.2)
+            with anyio.fail_after(5):  # the first holds the only slot (however busy the box)
+                while sim.stats()["in_flight"] < 1:
+                    await anyio.sleep(0.01)
+            with pytest.raises(httpx.ReadTimeout):  # only the wait for the answer is short
+                await client.post("/chat/completions", json=chat_body(),
+                                  timeout=httpx.Timeout(5, read=0.2))  # fmt: skip
             await anyio.sleep(0.05)
             page = (await client.get(f"{sim.url}/metrics")).text
             assert _gauge(page, "vllm:num_requests_waiting") == 0
