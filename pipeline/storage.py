@@ -1,7 +1,7 @@
 """Object storage: ``--input``, ``--manifest`` and ``--output`` given as URIs.
 
 A URI (``s3://bucket/prefix``, or any other scheme ``pyarrow.fs`` resolves: ``gs://``,
-``hdfs://``, ...) becomes a ``Location``: a ``pyarrow.fs.FileSystem`` and the path in it. Local
+``hdfs://``, ...; else fsspec's, when fsspec is installed) becomes a ``Location``: a ``pyarrow.fs.FileSystem`` and the path in it. Local
 paths never come here: they keep the fast local code (``os.scandir``, ``flock``, fsync and
 rename).
 
@@ -174,8 +174,26 @@ def resolve(uri: str) -> Location:
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
     except (OSError, ValueError, pa.ArrowException) as exc:
-        raise ConfigError(f"cannot open {uri}: {exc}") from None
+        found = _fsspec(uri)
+        if found is None:
+            raise ConfigError(f"cannot open {uri}: {exc}") from None
+        fs, path = found
     return Location(fs, path.rstrip("/"), uri.split("?", 1)[0].rstrip("/"))
+
+
+def _fsspec(uri: str) -> tuple[pafs.FileSystem, str] | None:
+    """A scheme ``pyarrow.fs`` does not know, through fsspec when it is installed and knows
+    it (``memory://``, ``az://`` with adlfs, ``ssh://``...), wrapped as a ``pyarrow.fs``
+    file system; None otherwise."""
+    try:
+        import fsspec  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError:
+        return None
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError, OSError):  # unknown scheme, or its package is missing
+        return None
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), str(path)
 
 
 def state_dir_for(loc: Location, base: Path | None = None) -> Path:

@@ -136,3 +136,46 @@ def test_output_folder_removed_mid_run_exits_74(tmp_path: Path, sim: SimServer) 
         pytest.skip("the run finished before the folder was removed")
     assert proc.returncode == 74, stderr
     _one_line_no_traceback(stderr, "No such file or directory (ENOENT)")
+
+
+def test_an_fsspec_scheme_as_input_and_output(tmp_path: Path) -> None:
+    """A scheme pyarrow.fs does not know goes through fsspec when fsspec has it: here its
+    in-process ``memory://`` file system holds the input and the output (the state folder is
+    local, as for any URI output); the rerun sends nothing."""
+    import anyio
+    import fsspec
+    import pyarrow.dataset as ds
+
+    from pipeline import storage
+    from pipeline.config import Overrides, load_job
+    from pipeline.runner import Runner
+    from pipeline.sim import SimConfig, SimServer
+
+    mem = fsspec.filesystem("memory")
+    for p in make_images(tmp_path / "img", 6):
+        mem.pipe(f"/fsspec-test/in/{p.relative_to(tmp_path / 'img').as_posix()}", p.read_bytes())
+    loc = storage.resolve("memory://fsspec-test/in")
+    assert sorted(o.relpath for o in storage.iter_objects(loc))[:2] == [
+        "a/img0000.jpg",
+        "a/img0004.jpg",
+    ]
+    with SimServer(SimConfig(slots=4, latency=0.01)) as sim:
+        job = load_job(
+            None,
+            Overrides(
+                endpoint=sim.base_url, input="memory://fsspec-test/in", prompt="describe",
+                output="memory://fsspec-test/out", state_dir=str(tmp_path / "state"),
+                no_progress=True,
+            ),
+        )  # fmt: skip
+
+        async def go() -> int:
+            return (await Runner(job, api_key=None).run()).tally.ok
+
+        assert anyio.run(go) == 6
+        assert anyio.run(go) == 0
+        assert sim.stats()["requests"] == 6
+    out = storage.resolve("memory://fsspec-test/out")
+    table = ds.dataset(out.path, filesystem=out.fs, format="parquet").to_table()
+    assert table.num_rows == 6 and set(table.column("status").to_pylist()) == {"ok"}
+    mem.rm("/fsspec-test", recursive=True)
