@@ -7,6 +7,11 @@ per top-level prefix, 0.5 CPU each) on a local Ray with this machine's cores. Bo
 object; the Ray figure includes Ray's task start-up, not ``ray.init``.
 
     .venv/bin/python bench/ray_listing.py --objects 200000 --latency 0.03
+    .venv/bin/python bench/ray_listing.py --records 1000000   # the driver's memory per file
+
+``--records N``: what the Ray driver holds per file still to do, measured (RSS growth) for N
+typical records: as ``ImageFile`` objects, as the pickled bytes a round keeps, and as the
+Arrow blocks handed to Ray Data.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import argparse
 import os
 import time
 import types
-from pathlib import Path
 
 import ray
 from synthetic_s3 import SyntheticS3
@@ -25,12 +29,47 @@ from pipeline.engines.ray_engine import RayRunner
 from pipeline.walker import walk_objects
 
 
+def records(n: int) -> None:
+    import pickle
+
+    import pyarrow as pa
+
+    from pipeline.walker import ImageFile
+
+    def rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    before = rss()
+    files = [
+        ImageFile(f"bucket/photos/2026/{i % 100:03d}/{i:08d}-some-typical-file-name.jpg",
+                  f"{i % 100:03d}/{i:08d}-some-typical-file-name.jpg", 4_800_000 + i,
+                  1796285896060894231 + i, 0, 332395415167532705 + i)
+        for i in range(n)
+    ]  # fmt: skip
+    objects = rss() - before
+    dumped = [pickle.dumps(f, protocol=pickle.HIGHEST_PROTOCOL) for f in files]
+    del files
+    before = rss()
+    pickled_bytes = sum(map(len, dumped))
+    blocks = [pa.table({"file": pa.array(dumped[i : i + 40], pa.binary())})
+              for i in range(0, n, 40)]  # fmt: skip
+    arrow = sum(b.nbytes for b in blocks)
+    print(f"{n:,} file records: as ImageFile objects {objects / n:.0f} B each; pickled "
+          f"{pickled_bytes / n:.0f} B (+ ~33 B per bytes object); Arrow blocks {arrow / n:.0f} B; "
+          f"rss after the blocks +{(rss() - before) / n:.0f} B each")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=200_000)
     ap.add_argument("--folders", type=int, default=100)
     ap.add_argument("--latency", type=float, default=0.03, help="seconds per page")
+    ap.add_argument("--records", type=int, default=0, metavar="N", help="only: driver memory")
     args = ap.parse_args()
+    if args.records:
+        records(args.records)
+        return
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "x")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "x")
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)

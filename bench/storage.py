@@ -130,7 +130,9 @@ def synthetic(counts: list[int]) -> None:
                 assert res["n"] == count, res
                 rows.append((count, method, res["mib"], res["s"]))
                 print(f"{count:>9} {method:6} +{res['mib']:6.1f} MiB {res['s']:7.1f} s", flush=True)
-    print("\n| objects (synthetic endpoint) | listing | peak RSS growth | time |\n|---|---|---|---|")
+    print(
+        "\n| objects (synthetic endpoint) | listing | peak RSS growth | time |\n|---|---|---|---|"
+    )
     for count, method, mib, took in rows:
         print(f"| {count:,} | {method} | {mib:.1f} MiB | {took:.1f} s |")
 

@@ -51,7 +51,7 @@ class SyntheticS3:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 parts = urllib.parse.urlsplit(self.path)
                 q = dict(urllib.parse.parse_qsl(parts.query))
                 if q.get("list-type") != "2":
@@ -63,10 +63,10 @@ class SyntheticS3:
                 outer.pages += 1
                 self._send(200, body, "application/xml")
 
-            def do_HEAD(self) -> None:  # noqa: N802
+            def do_HEAD(self) -> None:
                 self._send(501, b"")
 
-            do_PUT = do_POST = do_DELETE = do_HEAD  # noqa: N815
+            do_PUT = do_POST = do_DELETE = do_HEAD
 
             def _send(self, code: int, body: bytes, kind: str = "text/plain") -> None:
                 self.send_response(code)
@@ -81,7 +81,7 @@ class SyntheticS3:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def key(self, i: int) -> str:
-        folder, n = divmod(i, self.per_folder)
+        folder = i // self.per_folder
         return f"{self.prefix}/{folder:03d}/{i:08d}-{NAME}"
 
     def page(self, q: dict[str, str]) -> str:

@@ -1,9 +1,9 @@
 """Object storage: ``--input``, ``--manifest`` and ``--output`` given as URIs.
 
 A URI (``s3://bucket/prefix``, or any other scheme ``pyarrow.fs`` resolves: ``gs://``,
-``hdfs://``, ...; else fsspec's, when fsspec is installed) becomes a ``Location``: a ``pyarrow.fs.FileSystem`` and the path in it. Local
-paths never come here: they keep the fast local code (``os.scandir``, ``flock``, fsync and
-rename).
+``hdfs://``, ...; else fsspec's, when fsspec is installed) becomes a ``Location``: a
+``pyarrow.fs.FileSystem`` and the path in it. Local paths never come here: they keep the fast
+local code (``os.scandir``, ``flock``, fsync and rename).
 
 - **Endpoint and credentials** (S3): the URI's query (``?endpoint_override=host:port&scheme=
   http&region=...``), else the standard variables ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``

@@ -250,6 +250,29 @@ def test_limit_is_exact_on_ray(tmp_path: Path) -> None:
     assert table.filter(pc.equal(table["status"], "invalid")).num_rows >= 4
 
 
+def test_rounds_bound_what_the_driver_holds(
+    sim: SimServer, images: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With more file records than ROUND_BYTES (a manifest's embedded images, a huge input)
+    the driver runs the pipeline in rounds: every item still exactly once."""
+    from pipeline.engines import ray_engine
+
+    monkeypatch.setattr(ray_engine, "ROUND_BYTES", 2_000)  # ~10 records a round
+    rounds = []
+    dataset = RayRunner._dataset
+
+    def counted(self: RayRunner, ray_: Any, files: list[bytes], *args: Any) -> Any:
+        rounds.append(len(files))
+        return dataset(self, ray_, files, *args)
+
+    monkeypatch.setattr(RayRunner, "_dataset", counted)
+    root = images[0].parent.parent
+    result = run_ray(job_for(sim, root, tmp_path / "out"))
+    assert result.exit_code == 0 and result.tally.ok == len(images)
+    assert len(rounds) >= 2 and sum(rounds) == len(images)
+    assert sim.stats()["requests"] == len(images)
+
+
 def test_manifest_schema_prompts_and_two_endpoints_match_the_local_engine(tmp_path: Path) -> None:
     """An annotation job on Ray: a manifest (a kept column, a template variable), a schema
     prompt with typed columns and a free-text one, two servers. Same rows, keys and typed

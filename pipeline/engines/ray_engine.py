@@ -86,6 +86,7 @@ STOP_DRAIN_S = 5.0  # after an actor gives up, wait this long for the others' ro
 MAX_CALLS = 130  # concurrent calls of one request actor at most
 BLOCK_BYTES = 1 << 20  # Ray Data blocks between stages end at about this size
 MAX_BLOCKS = 25_000  # input blocks at most
+ROUND_BYTES = 512 << 20  # file records (embedded images included) the driver holds at once
 LIST_CPUS = 0.5  # a listing task mostly waits on the file system or the object store
 MAX_LISTINGS = 64  # folders being listed at once (each task returns its folder's files)
 
@@ -559,7 +560,8 @@ class RayRunner(Runner):
             ready, running = ray.wait(running, num_returns=1)
             yield from ray.get(ready[0])
 
-    def _dataset(self, ray: Any, files: list[ImageFile], done: set[str], budget: Any) -> Any:
+    def _dataset(self, ray: Any, files: list[bytes], done: set[str], budget: Any) -> Any:
+        """The pipeline over ``files`` (pickled ``ImageFile`` records)."""
         if self._switch is None:
             self._switch = ray.remote(num_cpus=0)(Switch).remote()
         # a prepare call per block of PREPARE_BATCH files (small blocks keep every actor fed;
@@ -567,7 +569,7 @@ class RayRunner(Runner):
         # blocks for a huge input (the driver holds one Arrow table per block)
         per_block = max(PREPARE_BATCH, math.ceil(len(files) / MAX_BLOCKS))
         blocks = [
-            pa.table({"file": pa.array([_dump(f) for f in files[i : i + per_block]], pa.binary())})
+            pa.table({"file": pa.array(files[i : i + per_block], pa.binary())})
             for i in range(0, len(files), per_block)
         ]
         plan = self.plan
@@ -623,8 +625,9 @@ class RayRunner(Runner):
             tg.start_soon(self._walk, feed, tx, listed)
             async with rx:
                 # The walk's files (done ones dropped by the hash cache) in rounds: all at
-                # once, or with --limit as many as the items still allowed (a file has one at
-                # least), then more if some were invalid or partly done.
+                # once (up to ROUND_BYTES: a manifest's embedded images are not all held), or
+                # with --limit as many as the items still allowed (a file has one at least),
+                # then more if some were invalid or partly done.
                 while self.stop_reason is None:
                     want = math.inf
                     if budget is not None:
@@ -632,15 +635,18 @@ class RayRunner(Runner):
                         if want <= 0:
                             self.limited = True
                             break
-                    files: list[ImageFile] = []
+                    files: list[bytes] = []  # pickled: 183 B a record vs 475 B as objects
+                    size = 0
                     async for f in rx:
-                        files.append(f)
-                        if len(files) >= want:
+                        files.append(_dump(f))
+                        size += len(files[-1])
+                        if len(files) >= want or size >= ROUND_BYTES:
                             break
                     if not files:
                         break
-                    await self._run(self._dataset(ray, files, done, budget), cache, rows_tx)
+                    ds = self._dataset(ray, files, done, budget)
                     del files
+                    await self._run(ds, cache, rows_tx)
             tg.cancel_scope.cancel()  # --limit reached: list no further
 
     async def _walk(
