@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -59,7 +60,10 @@ class FileCounts:
 def relative_name(image_path: str) -> PurePosixPath:
     """``image_path`` as a path to mirror under another folder: POSIX, with no root, ``.`` or
     ``..`` (a manifest's ``../images/a.jpg`` -> ``images/a.jpg``, ``/data/a.jpg`` ->
-    ``data/a.jpg``)."""
+    ``data/a.jpg``; a URI ``s3://bucket/k/a.jpg?endpoint_override=...`` -> ``bucket/k/a.jpg``)."""
+    if is_uri(image_path):
+        parts_of = urllib.parse.urlsplit(image_path)
+        image_path = f"{parts_of.netloc}/{urllib.parse.unquote(parts_of.path)}"
     parts = [p for p in image_path.replace("\\", "/").split("/") if p not in ("", ".", "..")]
     return PurePosixPath(*parts) if parts else PurePosixPath("_")
 
@@ -441,7 +445,8 @@ _FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif",
 
 
 def image_suffix(source: Source) -> str:
-    """The file extension of an image: its file's own, else its format read from its bytes."""
+    """The file extension of an image: its file's own, an object's from its name (else
+    ``.jpg``: its bytes are not fetched twice), else its format read from its bytes."""
     if source.path is not None and source.path.suffix.lower() in IMAGE_SUFFIXES:
         return source.path.suffix.lower()
     if source.uri is not None:
@@ -519,14 +524,16 @@ def export_imagefolder(
         if existing == "skip" and final.exists():
             counts.skipped += 1
         else:
-            try:
-                place_image(source, final)
-            except FileNotFoundError:
-                if source.uri is None:
-                    raise
-                taken.discard(name)
-                missing.append(image_path)  # the object is gone
-                continue
+            if source.uri is not None:
+                try:
+                    source = Source(data=fetch(source.uri))
+                except (OSError, ConfigError) as exc:
+                    taken.discard(name)
+                    missing.append(image_path)  # the object is gone, or cannot be read
+                    if not isinstance(exc, FileNotFoundError):
+                        counts.warnings.append(f"cannot read {image_path}: {exc}")
+                    continue
+            place_image(source, final)
             counts.written += 1
         entries.append((row_of[image_path], name))
     counts.missing, counts.clashes = len(missing), len(clashed)

@@ -410,10 +410,12 @@ def manifest_files(path: Path | str, keep: tuple[str, ...], used: set[str]) -> I
         while True:
             chunk: list[Entry] = []
             broken: ManifestError | None = None
+            held = 0  # bytes of embedded images in the chunk
             try:
                 for e in entries:
                     chunk.append(e)
-                    if len(chunk) >= STAT_CHUNK:
+                    held += len(e.data or b"")
+                    if len(chunk) >= STAT_CHUNK or held >= STAT_CHUNK_BYTES:
                         break
             except ManifestError as exc:
                 broken = exc
@@ -424,12 +426,13 @@ def manifest_files(path: Path | str, keep: tuple[str, ...], used: set[str]) -> I
                 yield _manifest_file(e, stats.get(e.path or ""))
             if broken is not None:
                 raise broken
-            if len(chunk) < STAT_CHUNK:
+            if len(chunk) < STAT_CHUNK and held < STAT_CHUNK_BYTES:
                 return
 
 
 STAT_THREADS = 16  # HEAD requests in flight for the objects a manifest names
-STAT_CHUNK = 256  # manifest rows read ahead to stat their objects together
+STAT_CHUNK = 256  # manifest rows read ahead to stat their objects together...
+STAT_CHUNK_BYTES = 8 << 20  # ...fewer when they embed their images (not 256 photos held)
 
 
 def _stat_object(uri: str) -> ObjectStat | str:

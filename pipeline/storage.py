@@ -50,6 +50,7 @@ _SCHEME = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://")
 # query options passed on to pyarrow's S3FileSystem (the others are refused by name)
 _S3_QUERY = {"endpoint_override", "scheme", "region", "allow_bucket_creation"}
 _SECRET_QUERY = {"access_key", "secret_key", "session_token"}
+_ARROW_SCHEMES = {"gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "mock"}  # pyarrow's own
 LIST_PAGE = 1000  # S3's own page size: one page is what a listing holds at a time
 
 
@@ -174,7 +175,7 @@ def resolve(uri: str) -> Location:
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
     except (OSError, ValueError, pa.ArrowException) as exc:
-        found = _fsspec(uri)
+        found = None if scheme in _ARROW_SCHEMES else _fsspec(uri)
         if found is None:
             raise ConfigError(f"cannot open {uri}: {exc}") from None
         fs, path = found
@@ -259,7 +260,10 @@ def s3_client(opts: S3Options) -> Any:
         aws_access_key_id=opts.access_key,
         aws_secret_access_key=opts.secret_key,
         aws_session_token=opts.session_token,
-        config=botocore.config.Config(retries={"mode": "standard", "max_attempts": 5}),
+        config=botocore.config.Config(
+            retries={"mode": "standard", "max_attempts": 5},
+            max_pool_connections=32,  # threads share the client: 16 HEADs or reads at once
+        ),
     )
 
 
@@ -350,18 +354,22 @@ def uri_beside(uri: str, relative: str) -> str:
     with ``uri``'s query (its endpoint options): how a manifest in object storage names the
     images it lists relative to itself."""
     parts = urllib.parse.urlsplit(uri)
-    return _with_path(parts, f"{parts.path.rsplit('/', 1)[0]}/{relative}")
+    return _with_path(parts, f"{parts.path.rsplit('/', 1)[0]}\0{relative}")
 
 
 def uri_child(folder: str, relative: str) -> str:
     """The URI of ``relative`` inside the "folder" URI ``folder`` (its query kept)."""
     parts = urllib.parse.urlsplit(folder)
-    return _with_path(parts, f"{parts.path.rstrip('/')}/{relative}")
+    return _with_path(parts, f"{parts.path.rstrip('/')}\0{relative}")
 
 
 def _with_path(parts: urllib.parse.SplitResult, path: str) -> str:
-    path = posixpath.normpath(path)
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    """``parts`` with another path: ``parts.path`` is as written in a URI (percent-encoded),
+    the path added to it is a name (``#``, ``?``, ``%``, spaces are part of it), so the name is
+    encoded here and ``resolve`` decodes it back."""
+    base, _, name = path.partition("\0")
+    joined = posixpath.normpath(f"{base}/{urllib.parse.quote(name, safe='/')}")
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, joined, parts.query, ""))
 
 
 class ObjectStat(NamedTuple):

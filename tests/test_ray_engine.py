@@ -234,19 +234,19 @@ def test_limit_is_exact_on_ray(tmp_path: Path) -> None:
     the first files taken turn out unreadable (a second round takes more); the rerun without
     a limit does the rest."""
     root = tmp_path / "img"
-    make_images(root, 20, size=(32, 24))
+    make_images(root, 300, size=(16, 12))  # more than the walk's buffer (256) + the limit
     for i in range(4):
         (root / "a" / f"broken{i}.jpg").write_bytes(b"not a jpeg")
-    with SimServer(SimConfig(slots=8, latency=0.05)) as sim:
+    with SimServer(SimConfig(slots=32, latency=0.02)) as sim:
         first = run_ray(job_for(sim, root, tmp_path / "out", "--limit", "7", "--concurrency", "4"))
         assert first.exit_code == 0, first.stop_reason
         assert sim.stats()["requests"] == 7
         assert first.tally.ok == 7 and first.limited
-        rest = run_ray(job_for(sim, root, tmp_path / "out"))
-        assert rest.exit_code == 0 and rest.tally.ok == 13 and not rest.limited
-        assert sim.stats()["requests"] == 20
+        rest = run_ray(job_for(sim, root, tmp_path / "out", "--concurrency", "32"))
+        assert rest.exit_code == 0 and rest.tally.ok == 293 and not rest.limited
+        assert sim.stats()["requests"] == 300
     table = ds.dataset(tmp_path / "out", format="parquet").to_table()
-    assert table.filter(pc.equal(table["status"], "ok")).num_rows == 20
+    assert table.filter(pc.equal(table["status"], "ok")).num_rows == 300
     assert table.filter(pc.equal(table["status"], "invalid")).num_rows >= 4
 
 

@@ -415,13 +415,15 @@ def test_csv_manifest_in_the_bucket(s3: S3Server, sim: SimServer, tmp_path: Path
     paths = make_images(tmp_path / "imgs", 6)
     _upload(s3, tmp_path / "imgs", bucket, "data/imgs")
     other = f"s3://{bucket}/elsewhere/z.jpg"
-    _put(s3, bucket, {"elsewhere/z.jpg": paths[0].read_bytes()})
+    _put(s3, bucket, {"elsewhere/z.jpg": paths[0].read_bytes(),
+                      "data/imgs/odd #1.jpg": paths[1].read_bytes()})  # fmt: skip
     lines = ["image,topic"]
     lines += [
         f"imgs/{p.relative_to(tmp_path / 'imgs').as_posix()},t{i}" for i, p in enumerate(paths)
     ]
     lines += [
         f"{other},z",
+        "imgs/odd #1.jpg,o",
         "imgs/missing.jpg,m",
         "/etc/local.jpg,l",
         "../data/imgs/a/img0000.jpg,u",
@@ -436,10 +438,11 @@ def test_csv_manifest_in_the_bucket(s3: S3Server, sim: SimServer, tmp_path: Path
     assert isinstance(first, subprocess.CompletedProcess)
     assert first.returncode == 0, first.stderr  # invalid rows do not fail the run
     got = _rows_at(out)
-    assert len(got) == 10
+    assert len(got) == 11
     assert {k for k, v in got.items() if v[0] == "ok"} == {
         *(f"imgs/{p.relative_to(tmp_path / 'imgs').as_posix()}" for p in paths),
         other,
+        "imgs/odd #1.jpg",  # '#' and a space: part of the name, not of the URI
         "../data/imgs/a/img0000.jpg",  # identity as written (normalised), object beside it
     }
     assert got["imgs/missing.jpg"][0] == "invalid"
@@ -450,32 +453,32 @@ def test_csv_manifest_in_the_bucket(s3: S3Server, sim: SimServer, tmp_path: Path
 
     again = _caption(s3, tmp_path, *args)
     assert isinstance(again, subprocess.CompletedProcess)
-    assert "8 already done" in again.stdout, again.stdout
+    assert "9 already done" in again.stdout, again.stdout
     assert sim.stats()["requests"] == requests  # nothing sent again
 
     status = _caption(s3, tmp_path, "status", str(out), "--json")
     assert isinstance(status, subprocess.CompletedProcess)
     assert status.returncode == 0, status.stderr
     counts = json.loads(status.stdout)["prompts"]["prompt"]
-    assert (counts["ok"], counts["pending"]) == (8, 0), counts
+    assert (counts["ok"], counts["pending"]) == (9, 0), counts
 
     dry = _caption(s3, tmp_path, *args, "--dry-run")
     assert isinstance(dry, subprocess.CompletedProcess)
     assert dry.returncode == 0, dry.stderr
-    assert "8 already done" in dry.stdout, dry.stdout
+    assert "9 already done" in dry.stdout, dry.stdout
 
     # thumbnails from the objects the manifest names (two rows name one object: one thumbnail)
     report = _caption(s3, tmp_path, "report", str(out), "-o", str(tmp_path / "r.html"))
     assert isinstance(report, subprocess.CompletedProcess)
     assert report.returncode == 0, report.stderr
-    assert "7 thumbnails" in report.stdout, report.stdout
+    assert "8 thumbnails" in report.stdout, report.stdout
     folder = tmp_path / "hf"
     made = _caption(s3, tmp_path, "export", str(out), "--format", "imagefolder", "--to",
                     str(folder))  # fmt: skip
     assert isinstance(made, subprocess.CompletedProcess)
     assert made.returncode == 0, made.stderr
     meta = (folder / "metadata.jsonl").read_text().splitlines()
-    assert len(meta) == 8 and len([p for p in folder.rglob("*.jpg")]) == 8
+    assert len(meta) == 9 and len([p for p in folder.rglob("*.jpg")]) == 9
 
 
 @pytest.mark.slow
@@ -561,13 +564,15 @@ def test_listing_in_parts_equals_the_listing(
     bucket = s3.new_bucket()
     keys = {f"in/{d}/{i}.jpg": bytes([i]) * (i + 1) for d in ("a", "b/c", "d") for i in range(3)}
     keys |= {"in/top.jpg": b"t", "in/notes.txt": b"n", "in/.h/x.jpg": b"h", "out/x.jpg": b"o"}
+    # names a URI would read otherwise: '#', '?', '%20', a space (a prefix "a" beside "a#b")
+    keys |= {"in/a#b/x y.jpg": b"1", "in/a?q/%20.jpg": b"2"}
     _put(s3, bucket, keys)
     uri = f"s3://{bucket}/in"
     split = split_input(uri, DEFAULT_PATTERNS)
-    assert split.folders == ["a", "b", "d"]
+    assert sorted(split.folders) == ["a", "a#b", "a?q", "b", "d"]
     assert [f.relpath for f in split.files] == ["top.jpg"]
     parts = list(split.files)
     for name in split.folders:
         parts += list_folder(uri, name, DEFAULT_PATTERNS)
     assert sorted(parts) == sorted(walk_input(uri, DEFAULT_PATTERNS))
-    assert len(parts) == 10
+    assert len(parts) == 12

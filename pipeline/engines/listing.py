@@ -1,13 +1,15 @@
 """An input folder listed in parts, so the parts can be listed at once (``--engine ray``).
 
-``split_input`` lists only the top level of the input: the files directly in it, and the names
-of its folders. ``list_folder`` lists one of those folders whole (recursively), with paths
-relative to the input root, only the images of one shard; the Ray engine runs one task per
-folder, so a tree of many folders (a camera archive by day, a bucket by prefix) is listed by
-as many workers as the cluster gives it. Together they yield exactly what ``walk_input`` yields
-(tested): the same files, the same ``relpath`` and hash-cache keys, in another order. One
-difference: a symlink inside one top-level folder that leads into another is followed by both
-listings (the single walk follows a folder once), so those images are listed under both paths.
+``iter_top`` lists only the top level of the input (streamed): the files directly in it, and
+the names of its folders (``split_input`` gathers them). ``list_folder`` lists one of those
+folders whole (recursively), with paths relative to the input root, only the images of one
+shard; the Ray engine runs one task per folder, so a tree of many folders (a camera archive by
+day, a bucket by prefix) is listed by as many workers as the cluster gives it. Together they
+yield exactly what ``walk_input`` yields (tested): the same files, the same ``relpath`` and
+hash-cache keys, in another order. One difference: a symlink inside one top-level folder that
+leads into another is followed by both listings (the single walk follows a folder once), so
+those images are listed under both paths. A folder's records come back from its task as one
+list (a single folder of a million files is one list of ~0.2 GB on the driver).
 
 Pure functions of the file system: no Ray here, so they are tested without it.
 """
@@ -19,7 +21,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -45,12 +47,31 @@ class Split:
     files: list[ImageFile]
 
 
-def split_input(root: Path | str, patterns: tuple[str, ...]) -> Split:
-    """The input's top level (one listing, not recursive); hidden names are left out, as the
-    walk leaves them out. ``OSError`` if the root cannot be listed."""
+class Folder(NamedTuple):
+    """A top-level folder of the input, to be listed by ``list_folder``."""
+
+    name: str
+
+
+def iter_top(root: Path | str, patterns: tuple[str, ...]) -> Iterator[ImageFile | Folder]:
+    """The input's top level (one listing, not recursive), streamed: its image files and its
+    folders as they come (a flat bucket of a million objects is never one list); hidden names
+    are left out, as the walk leaves them out. ``OSError`` if the root cannot be listed."""
     if isinstance(root, str):
-        return _split_objects(resolve(root), patterns)
-    return _split_folder(root.resolve(), patterns)
+        return _top_objects(resolve(root), patterns)
+    return _top_folder(root.resolve(), patterns)
+
+
+def split_input(root: Path | str, patterns: tuple[str, ...]) -> Split:
+    """``iter_top`` gathered: the folders and the files."""
+    folders: list[str] = []
+    files: list[ImageFile] = []
+    for entry in iter_top(root, patterns):
+        if isinstance(entry, Folder):
+            folders.append(entry.name)
+        else:
+            files.append(entry)
+    return Split(folders, files)
 
 
 def list_folder(
@@ -73,10 +94,8 @@ def list_folder(
     return out
 
 
-def _split_folder(root: Path, patterns: tuple[str, ...]) -> Split:
+def _top_folder(root: Path, patterns: tuple[str, ...]) -> Iterator[ImageFile | Folder]:
     matches = _matcher(patterns)
-    folders: list[str] = []
-    files: list[ImageFile] = []
     top = root.stat()
     seen = {(top.st_dev, top.st_ino)}  # as the walk: a folder reached twice is listed once
     with os.scandir(root) as it:
@@ -93,7 +112,7 @@ def _split_folder(root: Path, patterns: tuple[str, ...]) -> Split:
                 continue
             if (info.st_dev, info.st_ino) not in seen:
                 seen.add((info.st_dev, info.st_ino))
-                folders.append(e.name)
+                yield Folder(e.name)
             continue
         if not matches(e.name):
             continue
@@ -102,18 +121,15 @@ def _split_folder(root: Path, patterns: tuple[str, ...]) -> Split:
             info = os.stat(full)
         except OSError:
             if os.path.islink(full):
-                files.append(ImageFile(full, printable(e.name), -1, 0))  # dangling link
+                yield ImageFile(full, printable(e.name), -1, 0)  # dangling link
             continue
         if not stat.S_ISDIR(info.st_mode):
-            files.append(ImageFile(full, printable(e.name), info.st_size, info.st_mtime_ns,
-                                   info.st_ctime_ns, info.st_ino))  # fmt: skip
-    return Split(folders, files)
+            yield ImageFile(full, printable(e.name), info.st_size, info.st_mtime_ns,
+                            info.st_ctime_ns, info.st_ino)  # fmt: skip
 
 
-def _split_objects(loc: Location, patterns: tuple[str, ...]) -> Split:
+def _top_objects(loc: Location, patterns: tuple[str, ...]) -> Iterator[ImageFile | Folder]:
     matches = _matcher(patterns)
-    folders: list[str] = []
-    files: list[ImageFile] = []
     if loc.s3 is not None and storage.botocore_available():
         bucket, _, prefix = loc.path.partition("/")
         prefix = f"{prefix}/" if prefix else ""
@@ -127,18 +143,17 @@ def _split_objects(loc: Location, patterns: tuple[str, ...]) -> Split:
             for common in page.get("CommonPrefixes", ()):
                 name = str(common["Prefix"])[len(prefix) :].rstrip("/")
                 if name and not name.startswith("."):
-                    folders.append(name)
+                    yield Folder(name)
             for obj in page.get("Contents", ()):
                 name = str(obj["Key"])[len(prefix) :]
                 if name and not name.startswith(".") and matches(name):
                     etag = etag_number(str(obj.get("ETag", "")).strip('"'))
                     mtime = datetime_ns(obj.get("LastModified"))
                     path = f"{bucket}/{obj['Key']}"
-                    files.append(ImageFile(path, name, int(obj["Size"]), mtime, 0, etag))
+                    yield ImageFile(path, name, int(obj["Size"]), mtime, 0, etag)
             if not page.get("IsTruncated"):
-                break
+                return
             kwargs["ContinuationToken"] = page["NextContinuationToken"]
-        return Split(folders, files)
     try:
         infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, allow_not_found=False))
     except (OSError, pa.ArrowException) as exc:
@@ -148,7 +163,6 @@ def _split_objects(loc: Location, patterns: tuple[str, ...]) -> Split:
         if name.startswith("."):
             continue
         if info.type == pafs.FileType.Directory:
-            folders.append(name)
+            yield Folder(name)
         elif info.type == pafs.FileType.File and matches(name):
-            files.append(ImageFile(info.path, name, info.size or 0, info.mtime_ns or 0))
-    return Split(folders, files)
+            yield ImageFile(info.path, name, info.size or 0, info.mtime_ns or 0)

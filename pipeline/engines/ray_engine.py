@@ -72,7 +72,7 @@ from ..state import HashCache
 from ..steer import Steering, SteerReport
 from ..structured import AnswerCheck
 from ..walker import ImageFile
-from .listing import list_folder, split_input
+from .listing import Folder, iter_top, list_folder
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ MAX_BLOCKS = 25_000  # input blocks at most
 ROUND_BYTES = 512 << 20  # file records (embedded images included) the driver holds at once
 LIST_CPUS = 0.5  # a listing task mostly waits on the file system or the object store
 MAX_LISTINGS = 64  # folders being listed at once (each task returns its folder's files)
+LIST_POLL_S = 0.5  # how often the driver, waiting for listings, asks whether the run stopped
 
 ITEM, ROW, SEEN, STAT, STOP = "item", "row", "seen", "stat", "stop"
 
@@ -539,31 +540,51 @@ class RayRunner(Runner):
                 await anyio.to_thread.run_sync(ray.shutdown)
 
     def _listed(self, ray: Any) -> Iterator[ImageFile]:
-        """A folder input's files (this shard's), its top-level folders listed by Ray tasks
-        at once (``listing.list_folder``), in the order they finish; blocking (it runs in the
-        walk's thread)."""
+        """A folder input's files (this shard's): the top level streamed here, each top-level
+        folder listed by its own Ray task (``listing.list_folder``), started as the top level
+        names it, at most ``MAX_LISTINGS`` at once, handed on in the order they finish.
+        Blocking (it runs in the walk's thread); it gives up within ``LIST_POLL_S`` once the
+        run stops or reaches ``--limit``, and cancels the listings still running."""
         inp, shard = self.job.input, self.job.run.shard
-        split = split_input(inp.root, inp.patterns)
         part = parse_shard(shard)
-        yield from (f for f in split.files if part is None or part.has(f.relpath))
-        if not split.folders:
-            return
-        log.info("listing %d folders in Ray tasks", len(split.folders))
         task = ray.remote(num_cpus=LIST_CPUS, **self._reader_env())(list_folder)
-        names = iter(split.folders)
+        waiting: list[str] = []  # folders not started yet
         running: list[Any] = []
-        while True:
-            while len(running) < MAX_LISTINGS and (name := next(names, None)) is not None:
-                running.append(task.remote(inp.root, name, inp.patterns, shard))
-            if not running:
-                return
-            ready, running = ray.wait(running, num_returns=1)
-            yield from ray.get(ready[0])
+        folders = 0
+
+        def start() -> None:
+            while waiting and len(running) < MAX_LISTINGS:
+                running.append(task.remote(inp.root, waiting.pop(0), inp.patterns, shard))
+
+        def harvest(timeout: float) -> Iterator[ImageFile]:
+            ready, rest = ray.wait(running, num_returns=1, timeout=timeout)
+            running[:] = rest
+            for ref in ready:
+                yield from ray.get(ref)
+
+        try:
+            for entry in iter_top(inp.root, inp.patterns):
+                if isinstance(entry, Folder):
+                    waiting.append(entry.name)
+                    folders += 1
+                    if len(running) >= MAX_LISTINGS:
+                        yield from harvest(0)  # one that is done already, without waiting
+                    start()
+                elif part is None or part.has(entry.relpath):
+                    yield entry
+            if folders:
+                log.info("listing %d top-level folders in Ray tasks", folders)
+            while running or waiting:
+                start()
+                if self.stop_reason is not None or self.limited:
+                    return
+                yield from harvest(LIST_POLL_S)
+        finally:
+            for ref in running:  # stopped early: the listings still under way are not needed
+                ray.cancel(ref)
 
     def _dataset(self, ray: Any, files: list[bytes], done: set[str], budget: Any) -> Any:
         """The pipeline over ``files`` (pickled ``ImageFile`` records)."""
-        if self._switch is None:
-            self._switch = ray.remote(num_cpus=0)(Switch).remote()
         # a prepare call per block of PREPARE_BATCH files (small blocks keep every actor fed;
         # measured: blocks of 24 small files left one of two actors idle), fewer and larger
         # blocks for a huge input (the driver holds one Arrow table per block)
@@ -619,35 +640,46 @@ class RayRunner(Runner):
     ) -> None:
         limit = self.job.run.limit
         budget = None if limit is None else ray.remote(num_cpus=0)(Budget).remote(limit)
+        self._switch = ray.remote(num_cpus=0)(Switch).remote()  # a stop from now on reaches it
+        # with --limit, a round takes at least enough files to fill the pipeline: rounds of a
+        # few files whose items turn out done (a rerun elsewhere) would each start Ray Data
+        least = PREPARE_BATCH * self.plan.actors * 4
         tx, rx = anyio.create_memory_object_stream[ImageFile](256)
         listed = None if self.job.input.manifest is not None else self._listed(ray)
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._walk, feed, tx, listed)
             async with rx:
-                # The walk's files (done ones dropped by the hash cache) in rounds: all at
-                # once (up to ROUND_BYTES: a manifest's embedded images are not all held), or
-                # with --limit as many as the items still allowed (a file has one at least),
-                # then more if some were invalid or partly done.
-                while self.stop_reason is None:
-                    want = math.inf
-                    if budget is not None:
-                        want = await anyio.to_thread.run_sync(lambda: ray.get(budget.left.remote()))
-                        if want <= 0:
-                            self.limited = True
-                            break
-                    files: list[bytes] = []  # pickled: 183 B a record vs 475 B as objects
-                    size = 0
-                    async for f in rx:
-                        files.append(_dump(f))
-                        size += len(files[-1])
-                        if len(files) >= want or size >= ROUND_BYTES:
-                            break
-                    if not files:
-                        break
-                    ds = self._dataset(ray, files, done, budget)
-                    del files
-                    await self._run(ds, cache, rows_tx)
-            tg.cancel_scope.cancel()  # --limit reached: list no further
+                try:
+                    # The walk's files (done ones dropped by the hash cache) in rounds: all at
+                    # once (up to ROUND_BYTES: a manifest's embedded images are not all held),
+                    # or with --limit as many as the items still allowed (a file has one at
+                    # least), then more if some were invalid or partly done.
+                    while self.stop_reason is None:
+                        want = math.inf
+                        if budget is not None:
+                            want = await anyio.to_thread.run_sync(
+                                lambda: ray.get(budget.left.remote())
+                            )
+                            if want <= 0:
+                                self.limited = True
+                                break
+                            want = max(want, least)
+                        files: list[bytes] = []  # pickled: 183 B a record vs 476 B as objects
+                        size = 0
+                        async for f in rx:
+                            files.append(_dump(f))
+                            size += len(files[-1])
+                            if len(files) >= want or size >= ROUND_BYTES:
+                                break
+                        if not files or self.stop_reason is not None:
+                            break  # (a stop ends the walk: what it gave is for the next run)
+                        ds = self._dataset(ray, files, done, budget)
+                        del files
+                        await self._run(ds, cache, rows_tx)
+                finally:
+                    # the walk may wait to send: cancel it while its stream is still open
+                    # (closing the stream first would fail its send)
+                    tg.cancel_scope.cancel()
 
     async def _walk(
         self, feed: Feed, tx: MemoryObjectSendStream[ImageFile], listed: Iterator[ImageFile] | None
