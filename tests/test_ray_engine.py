@@ -7,6 +7,7 @@ by ``make test-ray``); skipped when Ray is not installed (the base install has n
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -248,6 +249,27 @@ def test_limit_is_exact_on_ray(tmp_path: Path) -> None:
     table = ds.dataset(tmp_path / "out", format="parquet").to_table()
     assert table.filter(pc.equal(table["status"], "ok")).num_rows == 300
     assert table.filter(pc.equal(table["status"], "invalid")).num_rows >= 4
+
+
+def test_a_wide_tree_is_listed_in_ray_tasks(
+    sim: SimServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A local tree of LOCAL_TASK_FOLDERS top-level folders or more is listed by Ray tasks:
+    the same rows and keys as the local engine's walk (fewer folders are listed on the
+    driver; an object store's prefixes always in tasks: test_object_store_input_on_ray)."""
+    from pipeline.engines.ray_engine import LOCAL_TASK_FOLDERS
+
+    root = tmp_path / "wide"
+    for i in range(LOCAL_TASK_FOLDERS + 2):
+        make_images(root / f"day{i:02d}", 2, size=(16, 12), seed=i)
+    (root / "top.jpg").write_bytes((root / "day00" / "a" / "img0000.jpg").read_bytes())
+    caplog.set_level(logging.INFO, logger="pipeline.engines.ray_engine")
+    r_ray = run_ray(job_for(sim, root, tmp_path / "ray"))
+    assert f"listing {LOCAL_TASK_FOLDERS + 2} top-level folders in Ray tasks" in caplog.text
+    r_local = run_local(job_for(sim, root, tmp_path / "local"))
+    assert r_ray.exit_code == r_local.exit_code == 0
+    assert r_ray.tally.ok == 2 * (LOCAL_TASK_FOLDERS + 2) + 1
+    assert comparable(tmp_path / "ray") == comparable(tmp_path / "local")
 
 
 def test_rounds_bound_what_the_driver_holds(

@@ -78,7 +78,14 @@ def list_folder(
     root: Path | str, folder: str, patterns: tuple[str, ...], shard: str | None = None
 ) -> list[ImageFile]:
     """The images in ``folder`` (a name from ``split_input``) and below, ``relpath`` relative to
-    ``root``; with ``shard`` (``"I/N"``) only that shard's."""
+    ``root``; with ``shard`` (``"I/N"``) only that shard's. (A Ray task's whole answer.)"""
+    return list(iter_folder(root, folder, patterns, shard))
+
+
+def iter_folder(
+    root: Path | str, folder: str, patterns: tuple[str, ...], shard: str | None = None
+) -> Iterator[ImageFile]:
+    """``list_folder``, streamed."""
     prefix = f"{printable(folder)}/"
     files: Iterator[ImageFile]
     if isinstance(root, str):
@@ -86,12 +93,10 @@ def list_folder(
     else:
         files = walk_images(Path(root) / folder, patterns)
     part = parse_shard(shard)
-    out = []
     for f in files:
         f = f._replace(relpath=prefix + f.relpath)
         if part is None or part.has(f.relpath):
-            out.append(f)
-    return out
+            yield f
 
 
 def _top_folder(root: Path, patterns: tuple[str, ...]) -> Iterator[ImageFile | Folder]:

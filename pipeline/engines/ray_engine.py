@@ -61,7 +61,7 @@ from ..collector import Collector
 from ..config import Job
 from ..encode import encode_image
 from ..errors import EXIT_TEMPFAIL, InvalidImageError
-from ..feed import Feed, ItemKeys, input_fs, read_file
+from ..feed import Feed, ItemKeys, input_fs, read_file, remote_input
 from ..items import Pending, RequestItem, Row, RowMaker
 from ..requester import Requester, Route
 from ..retry import RetryPolicy
@@ -72,7 +72,7 @@ from ..state import HashCache
 from ..steer import Steering, SteerReport
 from ..structured import AnswerCheck
 from ..walker import ImageFile
-from .listing import Folder, iter_top, list_folder
+from .listing import Folder, iter_folder, iter_top, list_folder
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ MAX_BLOCKS = 25_000  # input blocks at most
 ROUND_BYTES = 512 << 20  # file records (embedded images included) the driver holds at once
 LIST_CPUS = 0.5  # a listing task mostly waits on the file system or the object store
 MAX_LISTINGS = 64  # folders being listed at once (each task returns its folder's files)
+LOCAL_TASK_FOLDERS = 16  # a local tree's top-level folders from which tasks list them
 LIST_POLL_S = 0.5  # how often the driver, waiting for listings, asks whether the run stopped
 
 ITEM, ROW, SEEN, STAT, STOP = "item", "row", "seen", "stat", "stop"
@@ -487,9 +488,13 @@ class RayRunner(Runner):
             self._switch.set.remote()
 
     def _reader_env(self) -> dict[str, Any]:
-        """The reading tasks get this process's AWS_* settings (the endpoint, the keys): a
-        worker resolves an object-store input's file system, or the objects a manifest names,
-        from them."""
+        """The listing and reading tasks get this process's AWS_* settings (the endpoint, the
+        keys) when the job may read object storage (a URI input, or a manifest, which may
+        name objects): a worker resolves the file system from them. Not otherwise: tasks with
+        a runtime_env of their own need worker processes of their own (seconds to start)."""
+        inp = self.job.input
+        if not (remote_input(self.job) or inp.manifest is not None):
+            return {}
         aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
         return {"runtime_env": {"env_vars": aws}} if aws else {}
 
@@ -542,7 +547,8 @@ class RayRunner(Runner):
     def _listed(self, ray: Any) -> Iterator[ImageFile]:
         """A folder input's files (this shard's): the top level streamed here, each top-level
         folder listed by its own Ray task (``listing.list_folder``), started as the top level
-        names it, at most ``MAX_LISTINGS`` at once, handed on in the order they finish.
+        names it, at most ``MAX_LISTINGS`` at once, handed on in the order they finish (a
+        local tree of few folders: listed here, see ``LOCAL_TASK_FOLDERS``).
         Blocking (it runs in the walk's thread); it gives up within ``LIST_POLL_S`` once the
         run stops or reaches ``--limit``, and cancels the listings still running."""
         inp, shard = self.job.input, self.job.run.shard
@@ -562,16 +568,26 @@ class RayRunner(Runner):
             for ref in ready:
                 yield from ray.get(ref)
 
+        # An object store's prefixes always go to tasks (pages wait on the network, parsing
+        # them is CPU); a local tree only when it has LOCAL_TASK_FOLDERS folders or more:
+        # below that, starting the tasks' worker processes costs more than listing here.
+        in_tasks = isinstance(inp.root, str)
         try:
             for entry in iter_top(inp.root, inp.patterns):
                 if isinstance(entry, Folder):
                     waiting.append(entry.name)
                     folders += 1
-                    if len(running) >= MAX_LISTINGS:
+                    in_tasks = in_tasks or folders >= LOCAL_TASK_FOLDERS
+                    if in_tasks and len(running) >= MAX_LISTINGS:
                         yield from harvest(0)  # one that is done already, without waiting
-                    start()
+                    if in_tasks:
+                        start()
                 elif part is None or part.has(entry.relpath):
                     yield entry
+            if not in_tasks:
+                for name in waiting:
+                    yield from iter_folder(inp.root, name, inp.patterns, shard)
+                return
             if folders:
                 log.info("listing %d top-level folders in Ray tasks", folders)
             while running or waiting:
