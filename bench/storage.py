@@ -42,49 +42,15 @@ CHILD = r"""
 import json, os, sys, threading, time
 import pyarrow.fs as pafs
 from pipeline import storage
-method, uri = sys.argv[1], sys.argv[2]
-loc = storage.resolve(uri)
-loc.fs.get_file_info(loc.path)
-client = storage.s3_client(loc.s3)
-bucket = loc.path.split("/")[0]
-client.list_objects_v2(Bucket=bucket, MaxKeys=1)
-PAGE = os.sysconf("SC_PAGE_SIZE")
-def rss():
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * PAGE
-before = rss()
-peak = [before]
-done = threading.Event()
-def sample():
-    while not done.wait(0.005):
-        peak[0] = max(peak[0], rss())
-threading.Thread(target=sample, daemon=True).start()
-t = time.perf_counter()
-if method == "paged":
-    n = sum(1 for _ in storage.iter_objects(loc))
-elif method == "pyarrow-recursive":
-    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
-    n = sum(1 for i in infos if i.type == pafs.FileType.File)
-else:
-    n = sum(1 for _ in storage._iter_levels(loc, None))
-took = time.perf_counter() - t
-done.set()
-peak[0] = max(peak[0], rss())
-print(json.dumps({"n": n, "mib": (peak[0] - before) / 2**20, "s": took}))
-"""
-
-
-CHILD_SYNTHETIC = r"""
-import json, sys, threading, time
-from pipeline import storage
-from pipeline.walker import walk_objects
-from pipeline.engines.listing import list_folder, split_input
 from pipeline.config.settings import DEFAULT_PATTERNS
+from pipeline.engines.listing import list_folder, split_input
+from pipeline.walker import walk_objects
 method, uri = sys.argv[1], sys.argv[2]
 loc = storage.resolve(uri)
-client = storage.s3_client(loc.s3)
-client.list_objects_v2(Bucket="bucket", Prefix="imgs/000/", MaxKeys=1)
-import os
+bucket = loc.path.split("/")[0]
+storage.s3_client(loc.s3).list_objects_v2(Bucket=bucket, MaxKeys=1)  # client made, connected
+if method.startswith("pyarrow"):
+    loc.fs.get_file_info(loc.path)  # pyarrow's client likewise
 PAGE = os.sysconf("SC_PAGE_SIZE")
 def rss():
     with open("/proc/self/statm") as fh:
@@ -101,16 +67,31 @@ if method == "paged":
     n = sum(1 for _ in storage.iter_objects(loc))
 elif method == "walk":
     n = sum(1 for _ in walk_objects(uri, DEFAULT_PATTERNS))
-else:
+elif method == "split":
     split = split_input(uri, DEFAULT_PATTERNS)
     n = len(split.files)
     for name in split.folders:
         n += len(list_folder(uri, name, DEFAULT_PATTERNS))
+elif method == "pyarrow-recursive":
+    infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
+    n = sum(1 for i in infos if i.type == pafs.FileType.File)
+else:
+    n = sum(1 for _ in storage._iter_levels(loc, None))
 took = time.perf_counter() - t
 done.set()
 peak[0] = max(peak[0], rss())
 print(json.dumps({"n": n, "mib": (peak[0] - before) / 2**20, "s": took}))
 """
+
+
+def listing(method: str, uri: str, env: dict[str, str]) -> dict[str, float]:
+    """``CHILD``'s figures for one listing ``method`` of ``uri``, in a fresh process."""
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, method, uri],
+        capture_output=True, text=True, check=True, env=env,
+    )  # fmt: skip
+    res: dict[str, float] = json.loads(out.stdout)
+    return res
 
 
 def synthetic(counts: list[int]) -> None:
@@ -122,11 +103,7 @@ def synthetic(counts: list[int]) -> None:
         with SyntheticS3(count) as s3:
             uri = f"s3://bucket/imgs?endpoint_override=127.0.0.1:{s3.port}&scheme=http"
             for method in ("paged", "walk", "split"):
-                out = subprocess.run(
-                    [sys.executable, "-c", CHILD_SYNTHETIC, method, uri],
-                    capture_output=True, text=True, check=True, env=env,
-                )  # fmt: skip
-                res = json.loads(out.stdout)
+                res = listing(method, uri, env)
                 assert res["n"] == count, res
                 rows.append((count, method, res["mib"], res["s"]))
                 print(f"{count:>9} {method:6} +{res['mib']:6.1f} MiB {res['s']:7.1f} s", flush=True)
@@ -213,11 +190,7 @@ def main() -> None:
             print(f"{target} objects: created in {time.perf_counter() - t:.0f} s", flush=True)
             have = target
             for method in ("paged", "pyarrow-levels", "pyarrow-recursive"):
-                out = subprocess.run(
-                    [sys.executable, "-c", CHILD, method, f"s3://{bucket}/imgs"],
-                    capture_output=True, text=True, check=True, env=os.environ,
-                )  # fmt: skip
-                res = json.loads(out.stdout)
+                res = listing(method, f"s3://{bucket}/imgs", dict(os.environ))
                 rows.append((target, method, res["n"], res["mib"], res["s"]))
                 print(f"  {method:18} {res['n']:>8} objects  +{res['mib']:7.1f} MiB  "
                       f"{res['s']:6.1f} s", flush=True)  # fmt: skip
