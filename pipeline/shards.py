@@ -34,7 +34,7 @@ from .errors import ConfigError, OutputBusyError
 
 LOCK_NAME = "_caption.lock"
 RECOVER_LOCK_NAME = "_caption.recover.lock"
-_SHARD_LOCK = re.compile(r"^_caption\.shard-(?P<tag>s\d+of\d+)\.lock$")
+_SHARD_LOCK = re.compile(r"^_caption\.shard-(?P<i>\d+)of(?P<n>\d+)\.lock$")
 _TAG = re.compile(r"-(?P<tag>s(?P<i>\d+)of(?P<n>\d+))$")
 
 
@@ -81,7 +81,8 @@ def tag_of(run_id: str) -> str | None:
 
 
 def shard_lock_path(folder: Path, shard: Shard) -> Path:
-    return folder / f"_caption.shard-{shard.tag}.lock"
+    """``_caption.shard-<I>of<N>.lock``, as the README names it."""
+    return folder / f"_caption.shard-{shard.index}of{shard.count}.lock"
 
 
 def _held(path: Path) -> bool:
@@ -104,8 +105,9 @@ def running_shards(folder: Path, *, mine: Shard | None = None) -> set[str]:
     tags = set()
     for path in folder.glob("_caption.shard-*.lock"):
         m = _SHARD_LOCK.match(path.name)
-        if m and (mine is None or m["tag"] != mine.tag) and _held(path):
-            tags.add(m["tag"])
+        tag = m and f"s{m['i']}of{m['n']}"
+        if tag and (mine is None or tag != mine.tag) and _held(path):
+            tags.add(tag)
     return tags
 
 
