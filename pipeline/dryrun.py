@@ -30,13 +30,12 @@ from .client import auth_headers, tls_for
 from .config import Job
 from .encode import encode_image
 from .errors import ConfigError, InvalidImageError
-from .feed import ItemKeys, input_fs, manifest_files, read_file
+from .feed import ItemKeys, input_files, input_fs, read_file
 from .payload import build_body
 from .preflight import preflight
-from .shards import parse_shard
 from .state import HASHES_NAME, HashCache, load_done_keys
 from .storage import output_place, state_folder
-from .walker import ImageFile, walk_input
+from .walker import ImageFile
 
 BATCH = 256
 EST_BYTES_PER_TOKEN = 4
@@ -93,24 +92,18 @@ class DryRun:
 
 
 def _files(job: Job, keys: ItemKeys) -> Iterator[ImageFile]:
-    """The input's files, only the run's shard's (as ``Feed.files``)."""
-    inp = job.input
-    files: Iterator[ImageFile]
-    if inp.manifest is not None:
-        files = manifest_files(inp.manifest, inp.keep, keys.variables)
-    elif isinstance(inp.root, Path) and not inp.root.is_dir():
-        raise ConfigError(f"input folder {inp.root} does not exist (or is not a folder)")
-    else:
-        files = walk_input(inp.root, inp.patterns)
-    shard = parse_shard(job.run.shard)
-    return files if shard is None else (f for f in files if shard.has(f.relpath))
+    """The input's files, only the run's shard's (``feed.input_files``)."""
+    root = job.input.root
+    if job.input.manifest is None and isinstance(root, Path) and not root.is_dir():
+        raise ConfigError(f"input folder {root} does not exist (or is not a folder)")
+    return input_files(job, keys)
 
 
 def survey(job: Job) -> DryRun:
     """Walk the input and sort its items into done / invalid / to send (blocking)."""
     out = output_place(job.run.output)
     state = state_folder(job.run.output, job.run.state_dir)
-    fs = None if job.input.manifest is not None else input_fs(job.input.root)
+    fs = input_fs(job)
     report = DryRun(
         input=str(job.input.manifest or job.input.root),
         output=str(out),
@@ -190,7 +183,7 @@ async def count_tokens(job: Job, report: DryRun, api_key: str | None) -> None:
         try:
             raw = sample.file.data
             if raw is None:
-                fs = None if job.input.manifest is not None else input_fs(job.input.root)
+                fs = input_fs(job)
                 raw, _ = read_file(sample.file.full, fs)
             image = encode_image(raw, job.image)
         except InvalidImageError:

@@ -34,7 +34,7 @@ from .errors import ConfigError
 from .manifest import ManifestError, open_manifest, read_entries
 from .results import read_runs
 from .sink import atomic_file
-from .storage import Where, is_uri, read_bytes, resolve, uri_child
+from .storage import Where, is_uri, read_uri, uri_child
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif", ".avif"}
@@ -292,9 +292,9 @@ def write_text(final: Path, text: str, made: set[Path] | None = None) -> None:
 
 def place_image(source: Source, final: Path) -> None:
     """The image at ``final``: a hard link to its file where the file system allows, else a
-    copy; embedded bytes written out; an object downloaded (``FileNotFoundError`` if it is
-    not there). Through a temp name and a rename."""
-    data = fetch(source.uri) if source.uri is not None else source.data
+    copy; embedded bytes written out (an object's, fetched by the caller). Through a temp name
+    and a rename."""
+    data = source.data
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(final)
     tmp.unlink(missing_ok=True)
@@ -310,19 +310,6 @@ def place_image(source: Source, final: Path) -> None:
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
-        raise
-
-
-def fetch(uri: str) -> bytes:
-    """The bytes of the object ``uri``; ``FileNotFoundError`` when there is none."""
-    loc = resolve(uri)
-    try:
-        return read_bytes(loc.fs, loc.path)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        if "not found" in str(exc).lower() or "NoSuchKey" in str(exc):
-            raise FileNotFoundError(uri) from None
         raise
 
 
@@ -526,7 +513,7 @@ def export_imagefolder(
         else:
             if source.uri is not None:
                 try:
-                    source = Source(data=fetch(source.uri))
+                    source = Source(data=read_uri(source.uri))
                 except (OSError, ConfigError) as exc:
                     taken.discard(name)
                     missing.append(image_path)  # the object is gone, or cannot be read

@@ -35,9 +35,9 @@ from .progress import Tally
 from .schema import STATUS_INVALID, utc_now
 from .shards import parse_shard
 from .state import HashCache
-from .storage import ObjectStat, is_uri, read_bytes, resolve, stat_uri
+from .storage import ObjectStat, is_uri, read_bytes, read_uri, resolve, stat_uri
 from .templates import MissingVariable, names, render, uses_variables
-from .walker import ImageFile, walk_images, walk_objects
+from .walker import ImageFile, walk_input
 
 WALK_BATCH = 256
 PREPARE_BATCH = 16  # files per thread hop at most...
@@ -66,10 +66,12 @@ def read_file(path: str | os.PathLike[str], fs: FileSystem | None = None) -> tup
         return _read_object(fs, str(path))
     if isinstance(path, str) and is_uri(path):  # a manifest row naming an object
         try:
-            loc = resolve(path)
-        except ConfigError as exc:
-            raise InvalidImageError(str(exc)) from None
-        return _read_object(loc.fs, loc.path)
+            raw = read_uri(path)
+        except FileNotFoundError:
+            raise InvalidImageError("object disappeared before it could be read") from None
+        except (OSError, ConfigError) as exc:
+            raise InvalidImageError(f"cannot read object: {exc}") from None
+        return _checked(raw)
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -94,6 +96,10 @@ def _read_object(fs: FileSystem, path: str) -> tuple[bytes, str]:
         raise InvalidImageError("object disappeared before it could be read") from None
     except OSError as exc:
         raise InvalidImageError(f"cannot read object: {exc}") from None
+    return _checked(raw)
+
+
+def _checked(raw: bytes) -> tuple[bytes, str]:
     if len(raw) > MAX_FILE_BYTES:
         raise InvalidImageError(f"file too large ({len(raw):,} bytes)")
     return raw, hashlib.sha256(raw).hexdigest()
@@ -106,11 +112,25 @@ def remote_input(job: Job) -> bool:
     return isinstance(inp.manifest, str) or (inp.manifest is None and isinstance(inp.root, str))
 
 
-def input_fs(root: Path | str) -> FileSystem | None:
-    """The ``pyarrow.fs`` file system of a URI input (None for a local folder)."""
-    if isinstance(root, str):
-        return resolve(root).fs
+def input_fs(job: Job) -> FileSystem | None:
+    """The ``pyarrow.fs`` file system of a URI folder input (None for a local folder or a
+    manifest: a manifest's objects are URIs, ``read_file`` resolves each)."""
+    inp = job.input
+    if inp.manifest is None and isinstance(inp.root, str):
+        return resolve(inp.root).fs
     return None
+
+
+def input_files(job: Job, keys: ItemKeys) -> Iterator[ImageFile]:
+    """The input's files (a folder walk or a manifest's rows), only the run's shard's."""
+    inp = job.input
+    files = (
+        walk_input(inp.root, inp.patterns)
+        if inp.manifest is None
+        else manifest_files(inp.manifest, inp.keep, keys.variables)
+    )
+    shard = parse_shard(job.run.shard)
+    return files if shard is None else (f for f in files if shard.has(f.relpath))
 
 
 class ItemKeys:
@@ -176,7 +196,7 @@ class Feed:
         # Set once the walk must wait for the requests (or has ended): only then is a counting
         # walk worth its cost; a rerun with little new work walks to the end unhindered.
         self.held_back = anyio.Event()
-        self.fs = None if job.input.manifest is not None else input_fs(job.input.root)
+        self.fs = input_fs(job)
         self.remote = remote_input(job)
 
     async def walk(
@@ -230,20 +250,7 @@ class Feed:
 
     def files(self) -> Iterator[ImageFile]:
         """The input's files (a folder walk or a manifest's rows), only this run's shard's."""
-        inp = self.job.input
-        files: Iterator[ImageFile] = (
-            (
-                walk_images(inp.root, inp.patterns)
-                if isinstance(inp.root, Path)
-                else walk_objects(inp.root, inp.patterns)
-            )
-            if inp.manifest is None
-            else manifest_files(inp.manifest, inp.keep, self.keys.variables)
-        )
-        shard = parse_shard(self.job.run.shard)
-        if shard is None:
-            return files
-        return (f for f in files if shard.has(f.relpath))
+        return input_files(self.job, self.keys)
 
     def classify(self, batch: list[ImageFile]) -> tuple[int, int, list[ImageFile]]:
         """(files seen, items skipped, files still to prepare) of a walk batch: files whose
@@ -300,7 +307,7 @@ class Feed:
             raw, sha = f.data, hashlib.sha256(f.data).hexdigest()
         else:
             # the walker's str: no Path per file
-            raw, sha = read_file(f.full) if self.fs is None else read_file(f.full, self.fs)
+            raw, sha = read_file(f.full, self.fs)
         todo = self.pending(f, sha, skip_done=True)
         if all(p.error is not None for p in todo):
             return Loaded(sha, todo, None, None, 0.0)

@@ -110,7 +110,7 @@ def job_of(output: Where | str) -> dict[str, Any] | None:
     def age(part: Where) -> tuple[str, int]:
         try:
             st = part.stat()
-            ns = st.st_mtime_ns or int(st.st_mtime * 1e9)  # an object's: seconds only
+            ns = st.st_mtime_ns
             return part.name[len("part-") : len("part-YYYYmmddTHHMMSSZ")], ns
         except OSError:
             return part.name, 0

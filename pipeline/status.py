@@ -21,7 +21,7 @@ from .errors import ConfigError, OutputError
 from .results import RunRecord, current, job_of, place, read_rows, read_runs, state_of
 from .schema import STATUS_FAILED, STATUS_INVALID, STATUS_OK
 from .state import LockHolder, lock_holders
-from .storage import Where, is_uri, path_or_uri
+from .storage import Where, path_or_uri
 
 STATES = (STATUS_OK, STATUS_FAILED, STATUS_INVALID, "pending")
 
@@ -124,7 +124,7 @@ def _count_pending(status: Status, inp: dict[str, Any], names: list[str], latest
         )
     else:
         given = inp.get("root") or "."
-        root: Path | str = given if is_uri(given) else Path(given)
+        root = path_or_uri(given)
         if isinstance(root, Path) and not root.is_dir():
             raise ConfigError(f"{root} is not a folder")
         patterns = tuple(inp.get("patterns") or ())

@@ -418,6 +418,13 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     return data
 
 
+def read_uri(uri: str) -> bytes:
+    """The whole object ``uri`` (``FileNotFoundError`` when there is none, ``OSError`` when it
+    cannot be read, ``ConfigError`` for a URI that cannot be used)."""
+    loc = resolve(uri)
+    return read_bytes(loc.fs, loc.path)
+
+
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Upload ``data`` as the whole object ``path``, atomically (see the module doc): readers
     see the old object or the new one. A failure is an ``OSError`` (the run: exit 74)."""
@@ -563,8 +570,9 @@ class RemotePath:
             raise FileNotFoundError(str(self))
         mtime = info.mtime_ns or 0
         size = info.size or 0
-        return os.stat_result((0o100644, 0, 0, 1, 0, 0, size, mtime // 10**9, mtime // 10**9,
-                               mtime // 10**9))  # fmt: skip
+        seconds = mtime // 10**9
+        return os.stat_result((0o100644, 0, 0, 1, 0, 0, size, seconds, seconds, seconds),
+                              {"st_mtime_ns": mtime})  # fmt: skip
 
     def read_bytes(self) -> bytes:
         return read_bytes(self.fs, self.path)

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import ConfigError, OutputError
 from ..schema import COLUMNS
 from ..shards import parse_shard
-from ..storage import is_uri, uri_beside
+from ..storage import is_uri, path_or_uri, uri_beside
 from ..structured import check_schema, columns_of, merge_columns
 from ..templates import check_template
 from .settings import (
@@ -29,13 +29,7 @@ from .settings import (
     settings_of,
 )
 
-
-def _path(value: str) -> Path | str:
-    """A path setting's value: a ``Path``, or a URI kept as it is (``storage.is_uri``)."""
-    return value if is_uri(value) else Path(value)
-
-
-_CONVERT: dict[type, Any] = {float: float, Path: _path, tuple: tuple, dict: dict}
+_CONVERT: dict[type, Any] = {float: float, Path: path_or_uri, tuple: tuple, dict: dict}
 
 
 def _section(section: str, table: Mapping[str, Any], **derived: Any) -> Any:

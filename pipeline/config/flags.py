@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..storage import is_uri
+from ..storage import is_uri, local_path
 from .settings import SECTIONS, SETTINGS, Setting, settings_of
 
 FLAGS: dict[str, Setting] = {s.dest: s for s in SETTINGS if s.flag is not None}
@@ -133,7 +133,7 @@ def _value(s: Setting, value: Any) -> Any:
     if s.repeat:
         return [value] if isinstance(value, str) else list(value)
     if s.path:
-        return value if is_uri(value) else str(Path(value).expanduser().resolve())
+        return value if is_uri(value) else str(Path(local_path(value)).expanduser().resolve())
     return value
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..storage import is_uri
+from ..storage import is_uri, local_path
 from .settings import ARRAYS, SECTIONS, SETTINGS
 
 # section -> key -> accepted TOML types
@@ -85,6 +85,7 @@ def read_job_file(path: Path) -> dict[str, Any]:
         if s.path:
             for table in tables(raw, s.section):
                 if isinstance(table.get(s.key), str) and not is_uri(table[s.key]):
-                    table[s.key] = str((base / os.path.expanduser(table[s.key])).resolve())
+                    local = os.path.expanduser(local_path(table[s.key]))
+                    table[s.key] = str((base / local).resolve())
     raw["_source"] = str(path.resolve())
     return raw

@@ -125,13 +125,11 @@ _DONE: dict[str, set[str]] = {}  # per worker process: the run's done keys, fetc
 def _done_keys(done: Any) -> set[str]:
     import ray
 
-    if isinstance(done, ray.ObjectRef):
-        ref = done.hex()
-        if ref not in _DONE:
-            _DONE.clear()  # one run at a time per worker process
-            _DONE[ref] = ray.get(done)
-        return _DONE[ref]
-    return set(done)
+    ref = done.hex()
+    if ref not in _DONE:
+        _DONE.clear()  # one run at a time per worker process
+        _DONE[ref] = ray.get(done)
+    return _DONE[ref]
 
 
 def prepare_batch(batch: pa.Table, *, job: Job, run_id: str, done: Any) -> pa.Table:
@@ -140,7 +138,7 @@ def prepare_batch(batch: pa.Table, *, job: Job, run_id: str, done: Any) -> pa.Ta
     keys = ItemKeys(job)
     make_row = RowMaker(job, run_id)
     done_keys = _done_keys(done)
-    fs = None if job.input.manifest is not None else input_fs(job.input.root)  # a URI input
+    fs = input_fs(job)  # a URI folder input's
     out: list[tuple[str, bytes]] = []
     for blob in batch.column("file").to_pylist():
         f: ImageFile = pickle.loads(blob)
@@ -599,8 +597,9 @@ class RayRunner(Runner):
             for ref in running:  # stopped early: the listings still under way are not needed
                 ray.cancel(ref)
 
-    def _dataset(self, ray: Any, files: list[bytes], done: set[str], budget: Any) -> Any:
-        """The pipeline over ``files`` (pickled ``ImageFile`` records)."""
+    def _dataset(self, ray: Any, files: list[bytes], done: Any, budget: Any) -> Any:
+        """The pipeline over ``files`` (pickled ``ImageFile`` records); ``done``: the done
+        keys in Ray's object store (put once a run, fetched once per worker process)."""
         # a prepare call per block of PREPARE_BATCH files (small blocks keep every actor fed;
         # measured: blocks of 24 small files left one of two actors idle), fewer and larger
         # blocks for a huge input (the driver holds one Arrow table per block)
@@ -619,7 +618,7 @@ class RayRunner(Runner):
             ray.data.from_arrow(blocks)
             .map_batches(
                 prepare_batch,
-                fn_kwargs={"job": self.job, "run_id": self.run_id, "done": ray.put(done)},
+                fn_kwargs={"job": self.job, "run_id": self.run_id, "done": done},
                 batch_size=PREPARE_BATCH,
                 batch_format="pyarrow",
                 num_cpus=1,
@@ -657,6 +656,7 @@ class RayRunner(Runner):
         limit = self.job.run.limit
         budget = None if limit is None else ray.remote(num_cpus=0)(Budget).remote(limit)
         self._switch = ray.remote(num_cpus=0)(Switch).remote()  # a stop from now on reaches it
+        done_ref = ray.put(done)
         # with --limit, a round takes at least enough files to fill the pipeline: rounds of a
         # few files whose items turn out done (a rerun elsewhere) would each start Ray Data
         least = PREPARE_BATCH * self.plan.actors * 4
@@ -689,7 +689,7 @@ class RayRunner(Runner):
                                 break
                         if not files or self.stop_reason is not None:
                             break  # (a stop ends the walk: what it gave is for the next run)
-                        ds = self._dataset(ray, files, done, budget)
+                        ds = self._dataset(ray, files, done_ref, budget)
                         del files
                         await self._run(ds, cache, rows_tx)
                 finally:
@@ -746,8 +746,7 @@ class RayRunner(Runner):
                 cached, skipped = obj
                 self.tally.skipped += skipped
                 if cached is not None:
-                    relpath, size, mtime_ns, sha, ctime_ns, ino = cached
-                    cache.remember(relpath, size, mtime_ns, sha, ctime_ns, ino)
+                    cache.remember(*cached)
             elif kind == STAT:
                 name, limit, limit_max, report, outages = obj
                 self._stats[name] = (limit, limit_max, report, outages)

@@ -169,15 +169,13 @@ def _open(path: Path | str) -> IO[bytes]:
 
 
 def _open_uri(uri: str) -> IO[bytes]:
-    import pyarrow.fs as pafs
-
     from ..storage import resolve
 
     loc = resolve(uri)
-    try:
-        if loc.fs.get_file_info(loc.path).type != pafs.FileType.File:
-            raise ManifestError(uri, "no such object")
+    try:  # (no HEAD first: the open says whether it is there)
         stream = loc.fs.open_input_stream(loc.path, compression=None)
+    except FileNotFoundError:
+        raise ManifestError(uri, "no such object") from None
     except (OSError, pa.ArrowException) as exc:
         raise ManifestError(uri, f"cannot read: {exc}") from None
     return io.BufferedReader(stream, 1 << 20)

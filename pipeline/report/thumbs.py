@@ -25,7 +25,7 @@ from PIL import Image, ImageOps
 
 from ..errors import CaptionError
 from ..manifest import open_manifest, read_entries
-from ..storage import is_uri, path_or_uri, read_bytes, resolve, uri_child
+from ..storage import is_uri, path_or_uri, read_uri, uri_child
 
 log = logging.getLogger("pipeline")
 
@@ -113,7 +113,7 @@ def thumbnail(
     side, upright, RGB (alpha on white); None if it cannot be read as an image (or is over
     ``max_pixels``)."""
     try:
-        source: Path | io.BytesIO = path if isinstance(path, Path) else _fetch(path)
+        source: Path | io.BytesIO = path if isinstance(path, Path) else io.BytesIO(read_uri(path))
         with Image.open(source) as opened:
             if opened.width * opened.height > max_pixels:
                 return None
@@ -128,11 +128,6 @@ def thumbnail(
             return out.getvalue()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, CaptionError):
         return None
-
-
-def _fetch(uri: str) -> io.BytesIO:
-    loc = resolve(uri)
-    return io.BytesIO(read_bytes(loc.fs, loc.path))
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
