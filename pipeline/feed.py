@@ -301,22 +301,7 @@ class Feed:
 
     def _load(self, f: ImageFile) -> Loaded:
         """Read, hash, find the items still to do and encode, in one worker-thread hop."""
-        if f.error is not None:
-            raise InvalidImageError(f.error)
-        if f.data is not None:
-            raw, sha = f.data, hashlib.sha256(f.data).hexdigest()
-        else:
-            # the walker's str: no Path per file
-            raw, sha = read_file(f.full, self.fs)
-        todo = self.pending(f, sha, skip_done=True)
-        if all(p.error is not None for p in todo):
-            return Loaded(sha, todo, None, None, 0.0)
-        t0 = time.perf_counter()
-        try:
-            image = encode_image(raw, self.job.image)
-        except InvalidImageError as exc:
-            return Loaded(sha, todo, None, str(exc), 0.0)
-        return Loaded(sha, todo, image, None, time.perf_counter() - t0)
+        return load_file(f, self.job, self.keys, self.done, self.fs)
 
     def _load_batch(self, files: list[ImageFile]) -> list[Loaded | InvalidImageError]:
         """``_load`` for several files in one thread hop (an unreadable file: its error)."""
@@ -395,13 +380,52 @@ class Feed:
         error: str,
     ) -> None:
         """An ``invalid`` row per item: ``error``, else the item's own (a missing variable)."""
-        now = utc_now()
-        for p in items:
-            row = self.make_row(
-                p.key, f.relpath, sha, p.prompt, STATUS_INVALID, now, now,
-                error=error or p.error, attempts=0, **(f.keep or {}),
-            )  # fmt: skip
+        for row in invalid_rows(self.make_row, f, sha, items, error):
             await rows.send(row)
+
+
+def load_file(
+    f: ImageFile, job: Job, keys: ItemKeys, done: set[str], fs: FileSystem | None
+) -> Loaded:
+    """Read ``f``, hash it, find its items not in ``done`` and encode it once for all of them
+    (blocking; both engines' preparing step). An unreadable file: ``InvalidImageError``."""
+    if f.error is not None:
+        raise InvalidImageError(f.error)
+    if f.data is not None:
+        raw, sha = f.data, hashlib.sha256(f.data).hexdigest()
+    else:
+        raw, sha = read_file(f.full, fs)  # the walker's str: no Path per file
+    todo = keys.pending(f, sha, done)
+    if all(p.error is not None for p in todo):
+        return Loaded(sha, todo, None, None, 0.0)
+    t0 = time.perf_counter()
+    try:
+        image = encode_image(raw, job.image)
+    except InvalidImageError as exc:
+        return Loaded(sha, todo, None, str(exc), 0.0)
+    return Loaded(sha, todo, image, None, time.perf_counter() - t0)
+
+
+def invalid_rows(
+    make_row: RowMaker, f: ImageFile, sha: str | None, items: list[Pending], error: str
+) -> list[Row]:
+    """An ``invalid`` row per item: ``error``, else the item's own (a missing variable)."""
+    now = utc_now()
+    return [
+        make_row(
+            p.key,
+            f.relpath,
+            sha,
+            p.prompt,
+            STATUS_INVALID,
+            now,
+            now,
+            error=error or p.error,
+            attempts=0,
+            **(f.keep or {}),
+        )
+        for p in items
+    ]
 
 
 def manifest_files(path: Path | str, keep: tuple[str, ...], used: set[str]) -> Iterator[ImageFile]:

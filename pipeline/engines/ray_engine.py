@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import math
 import os
@@ -59,14 +58,13 @@ from ..breaker import Breaker, health_url, http_probe
 from ..client import ChatClient, auth_headers, tls_for
 from ..collector import Collector
 from ..config import Job
-from ..encode import encode_image
 from ..errors import EXIT_TEMPFAIL, InvalidImageError
-from ..feed import Feed, ItemKeys, input_fs, read_file, remote_input
+from ..feed import Feed, ItemKeys, input_fs, invalid_rows, load_file, remote_input
 from ..items import Pending, RequestItem, Row, RowMaker
 from ..requester import Requester, Route
 from ..retry import RetryPolicy
 from ..runner import AUTO_START, Runner
-from ..schema import STATUS_FAILED, STATUS_INVALID, utc_now
+from ..schema import STATUS_FAILED, utc_now
 from ..shards import parse_shard
 from ..state import HashCache
 from ..steer import Steering, SteerReport
@@ -159,36 +157,25 @@ def prepare_file(
     make_row: RowMaker,
     fs: FileSystem | None = None,
 ) -> list[tuple[str, bytes]]:
-    """The records of one file, as the local feed makes them (``fs``: the object store of a
-    URI input; each worker resolves it from its own environment)."""
+    """The records of one file, as the local feed makes them (``feed.load_file``; ``fs``: the
+    object store of a URI input; each worker resolves it from its own environment)."""
     try:
-        if f.error is not None:
-            raise InvalidImageError(f.error)
-        if f.data is not None:
-            raw, sha = f.data, hashlib.sha256(f.data).hexdigest()
-        else:
-            raw, sha = read_file(f.full, fs)
+        got = load_file(f, job, keys, done, fs)
     except InvalidImageError as exc:  # unreadable: its bytes are unknown
         return _invalid(make_row, f, None, keys.pending(f, ""), str(exc))
-    todo = keys.pending(f, sha, done)
+    sha = got.sha
     cached = (f.relpath, f.size, f.mtime_ns, sha, f.ctime_ns, f.ino) if f.data is None else None
-    out = [(SEEN, _dump((cached, len(job.prompts) - len(todo))))]
-    unusable = [p for p in todo if p.error is not None]
-    usable = [p for p in todo if p.error is None]
-    if unusable:
-        out += _invalid(make_row, f, sha, unusable, "")
-    if not usable:
+    out = [(SEEN, _dump((cached, len(job.prompts) - len(got.todo))))]
+    unusable = [p for p in got.todo if p.error is not None]
+    usable = [p for p in got.todo if p.error is None]
+    out += _invalid(make_row, f, sha, unusable, "")
+    if got.error is not None:
+        return out + _invalid(make_row, f, sha, usable, got.error)
+    if got.image is None:
         return out
-    t0 = time.perf_counter()
-    try:
-        image = encode_image(raw, job.image)
-    except InvalidImageError as exc:
-        return out + _invalid(make_row, f, sha, usable, str(exc))
-    encode_s = time.perf_counter() - t0
     for p in usable:
-        item = RequestItem(
-            p.key, p.request_key, f.relpath, sha, p.prompt, p.text, image, encode_s, 0.0, f.keep
-        )
+        item = RequestItem(p.key, p.request_key, f.relpath, sha, p.prompt, p.text, got.image,
+                           got.encode_s, 0.0, f.keep)  # fmt: skip
         out.append((ITEM, _dump(item)))
     return out
 
@@ -196,15 +183,7 @@ def prepare_file(
 def _invalid(
     make_row: RowMaker, f: ImageFile, sha: str | None, items: list[Pending], error: str
 ) -> list[tuple[str, bytes]]:
-    now = utc_now()
-    out = []
-    for p in items:
-        row = make_row(
-            p.key, f.relpath, sha, p.prompt, STATUS_INVALID, now, now,
-            error=error or p.error, attempts=0, **(f.keep or {}),
-        )  # fmt: skip
-        out.append((ROW, _dump(row)))
-    return out
+    return [(ROW, _dump(row)) for row in invalid_rows(make_row, f, sha, items, error)]
 
 
 # --- stage 2: requests (Ray actors) ---------------------------------------------------------
