@@ -373,7 +373,7 @@ def test_file_deleted_after_the_walk_is_invalid(
                 deleted.append(f.relpath)
             yield f
 
-    monkeypatch.setattr(feed, "walk_images", walk_then_delete)  # the name feed.walk calls
+    monkeypatch.setattr(feed, "walk_input", walk_then_delete)  # the name feed.walk calls
     # the counting walk (progress total) lists the tree too: keep it out of this race
     monkeypatch.setattr(feed.Feed, "count", lambda _self, _stopped: None)
     assert main(cli_args(sim, root, tmp_path / "out")) == 0

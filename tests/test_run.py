@@ -312,7 +312,7 @@ class TestOutputFolder:
         assert run_cli(sim, root, out) == 0
         reads: list[Path] = []
         real = feed.read_file
-        monkeypatch.setattr(feed, "read_file", lambda p: reads.append(Path(p)) or real(p))
+        monkeypatch.setattr(feed, "read_file", lambda p, *fs: reads.append(Path(p)) or real(p, *fs))
         assert run_cli(sim, root, out) == 0
         assert reads == []
         images[0].write_bytes(images[1].read_bytes())  # changed content: read and redone
